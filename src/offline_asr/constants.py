@@ -1,0 +1,33 @@
+"""Names, defaults and environment variables in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+SCHEMA_VERSION: Final = 1
+
+DEFAULT_MANIFEST: Final = Path("models/manifest.json")
+MANIFEST_ENV: Final = "MODEL_REGISTRY_PATH"
+CHANGELOG_NAME: Final = "CHANGELOG.md"
+CHECKSUM_NAME: Final = "checksum.txt"
+
+# Folders inside the store that belong to offline-asr itself, never to a model.
+STAGING_DIR: Final = ".staging"
+LOCK_NAME: Final = ".manifest.lock"
+
+HASH_CHUNK: Final = 4 * 1024 * 1024
+# Files above this size get their own progress bar task while hashing or copying.
+PROGRESS_MIN_BYTES: Final = 64 * 1024 * 1024
+
+BUNDLE_HINT_ENV: Final = "OFFLINE_ASR_BUNDLE_HINT"
+DEFAULT_BUNDLE_HINT: Final = (
+    "Restore the files from their pinned source with `offline-asr models sync`, or prepare the "
+    "model again on a connected machine (`offline-asr models prepare`) and carry it over."
+)
+
+# Exit codes of the command line contract.
+EXIT_OK: Final = 0
+EXIT_CHECK_FAILED: Final = 1
+EXIT_BAD_INPUT: Final = 2
+EXIT_INTERRUPTED: Final = 130

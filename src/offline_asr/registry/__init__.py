@@ -1,0 +1,1 @@
+"""The model registry: manifest store, integrity checks, sources and preparation."""
