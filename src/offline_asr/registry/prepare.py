@@ -109,9 +109,8 @@ def _fetch(request: PrepareRequest, workdir: Path) -> sources.Offered:
     repo = request.hf_repo or defaults.hf_repo
     if repo:
         key = repo.replace("/", "--") + "@" + request.revision.replace("/", "--")
-        return sources.from_hub(
-            repo, request.revision, workdir.parent / key, choose, request.hf_endpoint
-        )
+        downloads = workdir.parent / "downloads" / key
+        return sources.from_hub(repo, request.revision, downloads, choose, request.hf_endpoint)
     if defaults.generated:
         return sources.generated_test_model(workdir / "generated", choose)
     raise SourceError(
@@ -281,7 +280,10 @@ def prepare_model(
             new = _entry(request, model_id, offered, digests, staging / "model")
             if must_match is not None:
                 _check_match(must_match, new)
-            return _install(store, manifest, new, staging)
+            result = _install(store, manifest, new, staging)
+            if offered.download_dir is not None:
+                shutil.rmtree(offered.download_dir, ignore_errors=True)
+            return result
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -38,6 +38,7 @@ class Offered:
     layout: Layout
     where: str
     toolchain: dict[str, str] = field(default_factory=dict)
+    download_dir: Path | None = None  # kept for resuming until the model is registered
 
     @property
     def size(self) -> int:
@@ -176,7 +177,8 @@ def from_hub(
 ) -> Offered:
     """A Hugging Face Hub repository pinned to the commit that `revision` resolves to.
 
-    `workdir` survives an interruption, so running the command again resumes the download.
+    `workdir` survives an interruption: running the command again skips the files that were
+    complete (a file cut in the middle starts over, as huggingface_hub does across processes).
     """
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
@@ -187,14 +189,20 @@ def from_hub(
 
     where = f"{repo}@{revision}"
     try:
-        info = HfApi(endpoint=endpoint).model_info(repo, revision=revision)
+        info = HfApi(endpoint=endpoint, token=False).model_info(repo, revision=revision)
         assert info.sha is not None
         names = [s.rfilename for s in info.siblings or []]
         layout = choose(names, where)
         layout.check(names, where)
         wanted = layout.select(names)
         snapshot_download(
-            repo, revision=info.sha, local_dir=workdir, allow_patterns=wanted, endpoint=endpoint
+            repo,
+            revision=info.sha,
+            local_dir=workdir,
+            cache_dir=workdir / ".hub-cache",
+            allow_patterns=wanted,
+            endpoint=endpoint,
+            token=False,
         )
     except RevisionNotFoundError as error:
         raise SourceError(f"{repo} has no revision {revision!r}") from error
@@ -203,8 +211,8 @@ def from_hub(
     except (HfHubHTTPError, OSError) as error:
         raise SourceError(f"cannot fetch {where} from the hub: {error}") from error
     source = Source(kind="huggingface", repo=repo, revision=revision, commit=info.sha)
-    named = {name: workdir / name for name in wanted}
-    return Offered({n: [p] for n, p in named.items()}, source, layout, where)
+    files = {name: [workdir / name] for name in wanted}
+    return Offered(files, source, layout, where, download_dir=workdir)
 
 
 def generated_test_model(workdir: Path, choose: ChooseLayout) -> Offered:

@@ -1,0 +1,71 @@
+"""Shared fixtures: throw-away model stores, a CLI runner, and a snapshot of a store's state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from offline_asr.cli import app
+from offline_asr.registry.store import ModelStore
+from support.helpers import Cli, CliResult, write_ct2_model
+
+PREPARE_TINY = ("models", "prepare", "--engine", "whisper", "--variant", "tiny.en")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    """An empty store at tmp/models with its CHANGELOG at tmp/CHANGELOG.md."""
+    return ModelStore(tmp_path / "models" / "manifest.json")
+
+
+@pytest.fixture
+def cli(store: ModelStore) -> Cli:
+    """Run `offline-asr ARGS --manifest <store>` in-process."""
+
+    def invoke(*args: str, manifest: Path | None = None) -> CliResult:
+        result = CliRunner().invoke(
+            app, [*args, "--manifest", str(manifest or store.manifest_path)], catch_exceptions=False
+        )
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return invoke
+
+
+@pytest.fixture
+def ct2_dir(tmp_path: Path) -> Path:
+    return write_ct2_model(tmp_path / "usb" / "whisper-fake")
+
+
+@pytest.fixture(scope="session")
+def real_tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
+    """A store with whisper-tiny.en prepared from its PyPI package (built once per session)."""
+    root = tmp_path_factory.mktemp("real")
+    store = ModelStore(root / "models" / "manifest.json")
+    result = CliRunner().invoke(
+        app,
+        [*PREPARE_TINY, "--manifest", str(store.manifest_path)],
+    )
+    assert result.exit_code == 0, result.output
+    yield store
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny_store(real_tiny_store: ModelStore, tmp_path: Path) -> ModelStore:
+    """A private copy of the real tiny.en store that a test may damage."""
+    target = tmp_path / "copy"
+    shutil.copytree(real_tiny_store.root.parent, target)
+    return ModelStore(target / "models" / "manifest.json")
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach a real hub: a stray HF_ENDPOINT must not leak in."""
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.delenv("MODEL_REGISTRY_PATH", raising=False)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
