@@ -56,12 +56,12 @@ def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
 
 
 def state_of(store: ModelStore) -> dict[str, str]:
-    """Every file under the store and the CHANGELOG, with its sha256 (byte-for-byte snapshot)."""
+    """Every file of the store and the CHANGELOG with its sha256 (staging area aside)."""
     files: dict[str, str] = {}
     for base in (store.root, store.changelog_path):
         paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
         for path in paths:
-            if path.name == ".manifest.lock":
+            if path.name == ".manifest.lock" or ".staging" in path.parts:
                 continue
             files[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
