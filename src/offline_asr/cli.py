@@ -24,6 +24,7 @@ from offline_asr.registry.store import ModelStore, remove_model
 app = typer.Typer(
     help="Offline speech recognition: a verified registry of Whisper and GigaAM models.",
     add_completion=False,
+    rich_markup_mode="markdown",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -44,7 +45,7 @@ ManifestOption = Annotated[
     typer.Option(
         "--manifest",
         envvar=MANIFEST_ENV,
-        help="Manifest of the model store [default: models/manifest.json]",
+        help="Manifest of the model store (default: models/manifest.json)",
         show_default=False,
     ),
 ]
@@ -95,7 +96,7 @@ def prepare(
     engine: Annotated[str, typer.Option(help="whisper or gigaam")],
     variant: Annotated[str, typer.Option(help="e.g. tiny.en, base, large-v3, v3-ctc")],
     model_id: Annotated[
-        str | None, typer.Option("--id", help="Model id [default: ENGINE-VARIANT]")
+        str | None, typer.Option("--id", help="Model id (default: ENGINE-VARIANT)")
     ] = None,
     from_package: Annotated[
         list[str] | None,
@@ -114,14 +115,14 @@ def prepare(
         Quantization | None,
         typer.Option(
             help="Whisper: conversion quantization of a transformers checkpoint, else the "
-            "compute type [default: int8]. GigaAM: int8 picks the *.int8.onnx files."
+            "compute type (default: int8). GigaAM: int8 picks the *.int8.onnx files."
         ),
     ] = None,
     license_: Annotated[
-        str | None, typer.Option("--license", help="Licence [default: the variant's]")
+        str | None, typer.Option("--license", help="Licence (default: the variant's)")
     ] = None,
     language: Annotated[
-        list[str] | None, typer.Option(help="Language code (repeatable) [default: the variant's]")
+        list[str] | None, typer.Option(help="Language code (repeatable) (default: the variant's)")
     ] = None,
     hf_endpoint: Annotated[
         str | None, typer.Option(envvar="HF_ENDPOINT", help="Hub URL (a mirror inside the network)")
@@ -162,6 +163,10 @@ def prepare(
         out.print(f"[bold]{model.id}[/] is already prepared and verified; nothing changed")
 
 
+def _human_size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
 @models_app.command("list")
 @reports_errors
 def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> None:
@@ -196,7 +201,7 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
             model.engine,
             model.variant,
             f"{model.precision}/{model.compute_type}",
-            f"{model.size / 1e6:.1f} MB",
+            _human_size(model.size),
             languages,
             source,
             model.license,
@@ -222,7 +227,9 @@ def _print_reports(reports: list[ModelReport]) -> None:
 @models_app.command("verify")
 @reports_errors
 def verify(
-    ids: Annotated[list[str] | None, typer.Argument(help="Models to check [default: all]")] = None,
+    ids: Annotated[
+        list[str] | None, typer.Argument(metavar="ID", help="Models to check (default: all)")
+    ] = None,
     json_: JsonOption = False,
     manifest: ManifestOption = None,
 ) -> None:
@@ -251,7 +258,9 @@ def verify(
 @models_app.command("sync")
 @reports_errors
 def sync(
-    ids: Annotated[list[str] | None, typer.Argument(help="Models to sync [default: all]")] = None,
+    ids: Annotated[
+        list[str] | None, typer.Argument(metavar="ID", help="Models to sync (default: all)")
+    ] = None,
     manifest: ManifestOption = None,
 ) -> None:
     """Bring back models whose files are missing or altered, from their pinned sources.
@@ -273,7 +282,7 @@ def sync(
 @models_app.command("remove")
 @reports_errors
 def remove(
-    model_id: Annotated[str, typer.Argument(help="Model to remove")],
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="Model to remove")],
     manifest: ManifestOption = None,
 ) -> None:
     """Delete a model's files and its manifest entry (bumps manifest_version)."""
