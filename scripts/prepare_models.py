@@ -1,6 +1,6 @@
 """The plan's command, kept working: same options as `offline-asr models prepare`.
 
-    python scripts/prepare_models.py --engine whisper --variant large-v3
+python scripts/prepare_models.py --engine whisper --variant large-v3
 """
 
 from __future__ import annotations
