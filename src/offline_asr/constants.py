@@ -31,3 +31,8 @@ EXIT_OK: Final = 0
 EXIT_CHECK_FAILED: Final = 1
 EXIT_BAD_INPUT: Final = 2
 EXIT_INTERRUPTED: Final = 130
+
+# Verified-hash cache in the store: (path, size, mtime) -> sha256 of files already checked.
+VERIFY_CACHE_NAME: Final = ".verified.json"
+
+SAMPLE_RATE: Final = 16_000
