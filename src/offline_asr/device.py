@@ -6,6 +6,7 @@ re-hashes everything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -88,8 +89,8 @@ def check_weights(store: ModelStore, model: ModelMetadata, *, full: bool = False
             )
         if path.stat().st_size != artifact.size:
             raise IntegrityError(
-                f"model {model.id!r}: {artifact.path} has {path.stat().st_size} bytes, the manifest "
-                f"says {artifact.size}; the file was altered or truncated. {hint}"
+                f"model {model.id!r}: {artifact.path} has {path.stat().st_size} bytes, the "
+                f"manifest says {artifact.size}; the file was altered or truncated. {hint}"
             )
         if cache.get(_cache_key(path)) != artifact.sha256:
             to_hash[path] = artifact.sha256
@@ -102,7 +103,6 @@ def check_weights(store: ModelStore, model: ModelMetadata, *, full: bool = False
                 f"the manifest says {to_hash[path]}; refusing to load altered weights. {hint}"
             )
         cache[_cache_key(path)] = digest.sha256
-    try:
+    # A read-only store still loads; it is just verified in full every time.
+    with contextlib.suppress(OSError):
         write_atomic(cache_path, json.dumps(cache, indent=0, sort_keys=True) + "\n")
-    except OSError:
-        pass  # a read-only store still loads; it is just verified in full every time

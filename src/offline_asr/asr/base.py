@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -82,6 +83,9 @@ class TranscriptionResult(BaseModel):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
+OnSegment = Callable[[Segment], None]
+
+
 def fingerprint(model: ModelMetadata) -> str:
     """A short id of the exact weights: sha256 over the sorted (path, sha256) pairs."""
     lines = sorted(f"{a.path}\0{a.sha256}" for a in model.artifacts)
@@ -102,10 +106,16 @@ class TranscriptionEngine(ABC):
     engine: ClassVar[str]
 
     def __init__(
-        self, store: ModelStore, *, device: Device = "auto", full_verify: bool = False
+        self,
+        store: ModelStore,
+        *,
+        device: Device = "auto",
+        threads: int = 0,
+        full_verify: bool = False,
     ) -> None:
         self.store = store
         self.device_request: Device = device
+        self.threads = threads  # 0: the runtime's default
         self.full_verify = full_verify
         self.model: ModelMetadata | None = None
         self.manifest: Manifest | None = None
@@ -122,12 +132,22 @@ class TranscriptionEngine(ABC):
         self.fingerprint = fingerprint(model)
         self._load(model, self.store.root / model.path)
 
-    def transcribe(self, audio: Audio, options: DecodeOptions | None = None) -> TranscriptionResult:
-        """Transcribe 16 kHz mono float32 audio with the loaded model."""
+    def transcribe(
+        self,
+        audio: Audio,
+        options: DecodeOptions | None = None,
+        on_segment: OnSegment | None = None,
+    ) -> TranscriptionResult:
+        """Transcribe 16 kHz mono float32 audio; `on_segment` sees each segment as it is done."""
         if self.model is None or self.manifest is None:
             raise EngineError("load(model_id) must be called before transcribe()")
         options = options or DecodeOptions()
-        return self._transcribe(audio, options)
+        if options.language is not None and options.language not in self.model.languages:
+            raise EngineError(
+                f"model {self.model.id!r} does not know language {options.language!r} "
+                f"(it has: {', '.join(self.model.languages)})"
+            )
+        return self._transcribe(audio, options, on_segment or (lambda segment: None))
 
     def _result(self, **fields: Any) -> TranscriptionResult:
         assert self.model is not None and self.manifest is not None
@@ -143,4 +163,6 @@ class TranscriptionEngine(ABC):
     def _load(self, model: ModelMetadata, folder: Path) -> None: ...
 
     @abstractmethod
-    def _transcribe(self, audio: Audio, options: DecodeOptions) -> TranscriptionResult: ...
+    def _transcribe(
+        self, audio: Audio, options: DecodeOptions, on_segment: OnSegment
+    ) -> TranscriptionResult: ...

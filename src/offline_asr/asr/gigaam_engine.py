@@ -1,0 +1,141 @@
+"""GigaAM through onnx-asr; long audio is cut at pauses and stitched with absolute timestamps."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx_asr
+import onnxruntime
+from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+from offline_asr.asr.base import (
+    Audio,
+    DecodeOptions,
+    EngineError,
+    OnSegment,
+    Segment,
+    TranscriptionEngine,
+    TranscriptionResult,
+    Word,
+)
+from offline_asr.constants import SAMPLE_RATE
+from offline_asr.device import choose_device
+from offline_asr.registry.layouts import gigaam_onnx_asr_name
+from offline_asr.schemas import ModelMetadata
+
+# GigaAM is trained on utterances of up to about 25 s; chunks stay below that.
+MAX_CHUNK_SECONDS = 22.0
+DEFAULT_BATCH = 4
+# One output frame of GigaAM (10 ms features, 4x subsampling): the length of the last token.
+FRAME_SECONDS = 0.04
+
+
+def plan_chunks(audio: Audio, max_seconds: float = MAX_CHUNK_SECONDS) -> list[tuple[int, int]]:
+    """Cut points that tile the whole audio, each chunk at most `max_seconds` long.
+
+    Cuts go in the middle of pauses that Silero VAD (shipped with faster-whisper) finds; a
+    stretch of speech longer than the window is cut where the window ends.
+    """
+    total = len(audio)
+    limit = int(max_seconds * SAMPLE_RATE)
+    if total <= limit:
+        return [(0, total)]
+    vad = VadOptions(max_speech_duration_s=max_seconds, min_silence_duration_ms=300)
+    speech = get_speech_timestamps(audio, vad)
+    pauses = [(a["end"] + b["start"]) // 2 for a, b in itertools.pairwise(speech)]
+    bounds = [0]
+    while total - bounds[-1] > limit:
+        reachable = [p for p in pauses if bounds[-1] < p <= bounds[-1] + limit]
+        bounds.append(max(reachable) if reachable else bounds[-1] + limit)
+    bounds.append(total)
+    return list(itertools.pairwise(bounds))
+
+
+def _words(
+    tokens: list[str], times: list[float], logprobs: list[float] | None, offset: float
+) -> list[Word]:
+    """Group character tokens into words at the space tokens."""
+    words: list[Word] = []
+    current: list[int] = []
+    for index, token in enumerate([*tokens, " "]):
+        if token.strip():
+            current.append(index)
+            continue
+        if current:
+            probability = (
+                math.exp(float(np.mean([logprobs[i] for i in current]))) if logprobs else 1.0
+            )
+            words.append(
+                Word(
+                    start=round(offset + times[current[0]], 3),
+                    end=round(offset + times[current[-1]] + FRAME_SECONDS, 3),
+                    word=" " + "".join(tokens[i] for i in current),
+                    probability=probability,
+                )
+            )
+            current = []
+    return words
+
+
+class GigaamEngine(TranscriptionEngine):
+    """onnx-asr over the ONNX layout the manifest lists (CTC, RNN-T, e2e variants)."""
+
+    engine = "gigaam"
+
+    def _load(self, model: ModelMetadata, folder: Path) -> None:
+        self.device = choose_device(self.device_request, "gigaam")
+        session = onnxruntime.SessionOptions()
+        session.intra_op_num_threads = self.threads
+        providers = ["CUDAExecutionProvider"] if self.device == "cuda" else []
+        self._asr = onnx_asr.load_model(
+            gigaam_onnx_asr_name(model.variant),
+            str(folder),
+            quantization="int8" if model.precision == "int8" else None,
+            sess_options=session,
+            providers=[*providers, "CPUExecutionProvider"],
+        ).with_timestamps()
+
+    def _transcribe(
+        self, audio: Audio, options: DecodeOptions, on_segment: OnSegment
+    ) -> TranscriptionResult:
+        if options.task != "transcribe":
+            raise EngineError("GigaAM transcribes Russian speech; it cannot translate")
+        assert self.model is not None
+        chunks = plan_chunks(audio)
+        batch = options.batch_size or DEFAULT_BATCH
+        segments: list[Segment] = []
+        for first in range(0, len(chunks), batch):
+            group = chunks[first : first + batch]
+            results = self._asr.recognize([audio[start:end] for start, end in group])
+            for (start, end), result in zip(group, results, strict=True):
+                offset = start / SAMPLE_RATE
+                logprobs = result.logprobs
+                segment = Segment(
+                    id=len(segments),
+                    start=round(offset, 3),
+                    end=round(end / SAMPLE_RATE, 3),
+                    text=" " + result.text.strip(),
+                    avg_logprob=float(np.mean(logprobs)) if logprobs else None,
+                    words=_words(result.tokens or [], result.timestamps or [], logprobs, offset)
+                    if options.word_timestamps
+                    else None,
+                )
+                segments.append(segment)
+                on_segment(segment)
+        return self._result(
+            text=" ".join(s.text.strip() for s in segments if s.text.strip()),
+            segments=segments,
+            language="ru",
+            duration=len(audio) / SAMPLE_RATE,
+            options=options,
+            runtime={
+                "device": self.device,
+                "precision": self.model.precision,
+                "onnx-asr": metadata.version("onnx-asr"),
+                "onnxruntime": metadata.version("onnxruntime"),
+            },
+        )

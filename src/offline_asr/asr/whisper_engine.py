@@ -1,0 +1,99 @@
+"""Whisper through faster-whisper (CTranslate2), with a deterministic decode profile."""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from pathlib import Path
+
+from offline_asr.device import ISA_ENV, choose_device, pin_cpu_isa
+
+pin_cpu_isa()  # before CTranslate2 is imported: its CPU dispatch is chosen at load time
+
+from faster_whisper import BatchedInferencePipeline, WhisperModel  # noqa: E402
+
+from offline_asr.asr.base import (  # noqa: E402
+    Audio,
+    DecodeOptions,
+    OnSegment,
+    Segment,
+    TranscriptionEngine,
+    TranscriptionResult,
+    Word,
+)
+from offline_asr.schemas import ModelMetadata  # noqa: E402
+
+
+class WhisperEngine(TranscriptionEngine):
+    """faster-whisper with one temperature (no random fallback) and a fixed beam size."""
+
+    engine = "whisper"
+
+    def _load(self, model: ModelMetadata, folder: Path) -> None:
+        self.device = choose_device(self.device_request, "whisper")
+        self._model = WhisperModel(
+            str(folder),
+            device=self.device,
+            compute_type=model.compute_type,
+            cpu_threads=self.threads,
+            local_files_only=True,
+        )
+        self._batched = BatchedInferencePipeline(self._model)
+
+    def _transcribe(
+        self, audio: Audio, options: DecodeOptions, on_segment: OnSegment
+    ) -> TranscriptionResult:
+        if options.batch_size is not None:
+            # The batched pipeline cuts long audio at the pauses its VAD finds.
+            options = options.model_copy(update={"vad_filter": True})
+        common = {
+            "language": options.language,
+            "task": options.task,
+            "beam_size": options.beam_size,
+            "best_of": options.beam_size,
+            "temperature": options.temperature,
+            "initial_prompt": options.initial_prompt,
+            "word_timestamps": options.word_timestamps,
+            "vad_filter": options.vad_filter,
+            "condition_on_previous_text": False,
+        }
+        if options.batch_size is not None:
+            pieces, info = self._batched.transcribe(audio, batch_size=options.batch_size, **common)
+        else:
+            pieces, info = self._model.transcribe(audio, **common)
+        segments: list[Segment] = []
+        for piece in pieces:
+            segment = Segment(
+                id=len(segments),
+                start=piece.start,
+                end=piece.end,
+                text=piece.text,
+                tokens=list(piece.tokens),
+                avg_logprob=piece.avg_logprob,
+                no_speech_prob=piece.no_speech_prob,
+                compression_ratio=piece.compression_ratio,
+                words=None
+                if piece.words is None
+                else [
+                    Word(start=w.start, end=w.end, word=w.word, probability=w.probability)
+                    for w in piece.words
+                ],
+            )
+            segments.append(segment)
+            on_segment(segment)
+        assert self.model is not None
+        return self._result(
+            text="".join(s.text for s in segments).strip(),
+            segments=segments,
+            language=info.language,
+            language_probability=info.language_probability,
+            duration=info.duration,
+            options=options,
+            runtime={
+                "device": self.device,
+                "compute_type": self.model.compute_type,
+                "ct2_cpu_isa": os.environ[ISA_ENV],
+                "ctranslate2": metadata.version("ctranslate2"),
+                "faster-whisper": metadata.version("faster-whisper"),
+            },
+        )
