@@ -20,3 +20,19 @@ class Settings(BaseSettings):
         DEFAULT_BUNDLE_HINT, description="Where to get models, shown when files are missing"
     )
     hf_endpoint: str | None = Field(None, description="Hugging Face Hub (or mirror) for prepare")
+    offline_asr_max_audio_bytes: int = Field(
+        500_000_000, gt=0, description="Largest audio input accepted, in bytes (checked first)"
+    )
+    offline_asr_max_audio_seconds: float = Field(
+        4 * 3600.0, gt=0, description="Longest audio accepted, in seconds (decoding stops there)"
+    )
+    default_whisper_model: str | None = Field(
+        None, description="Multilingual Whisper that detects the language for the model `auto`"
+    )
+    default_gigaam_model: str | None = Field(
+        None, description="GigaAM model that `auto` sends Russian speech to"
+    )
+    offline_asr_audit_log: Path | None = Field(
+        None, description="Audit log file (JSON lines); stderr when unset"
+    )
+    offline_asr_audit_text: bool = Field(False, description="Also log transcript texts")
