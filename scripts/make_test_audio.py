@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Regenerate the synthetic speech clips used by the test suite.
+"""Regenerate the synthetic speech clips used by smoke tests and the test suite.
 
-The clips in ``tests/data/audio/`` are committed, so running the tests needs no system
-package. This script is only for regenerating them, and for that it needs the Debian
+The clips in ``src/offline_asr/data/clips/`` are committed (and ship with the package, for
+``models smoke``), so using them needs no system package. Regenerating them needs the Debian
 package ``espeak-ng`` (``apt-get install espeak-ng``) plus numpy (a project dependency).
 
 Every clip is spoken by espeak-ng with a fixed voice, speed, pitch, amplitude and word gap,
@@ -16,7 +16,7 @@ differently and so give different bytes.
 
 Usage::
 
-    python scripts/make_test_audio.py [--out-dir tests/data/audio]
+    python scripts/make_test_audio.py [--out-dir src/offline_asr/data/clips]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ MARGIN_SECONDS = 0.15
 SILENCE_THRESHOLD = 64
 """Absolute int16 amplitude under which a sample counts as silence when trimming."""
 
-DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "audio"
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "src" / "offline_asr" / "data" / "clips"
 REFERENCES_NAME = "references.json"
 
 

@@ -53,6 +53,37 @@ def real_tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelS
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def full_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
+    """The three registered models prepared from their pinned sources (once per session).
+
+    Tests must not change it; copy it (`copy_store`) to damage it.
+    """
+    root = tmp_path_factory.mktemp("full")
+    store = ModelStore(root / "models" / "manifest.json")
+    for engine, variant in (
+        ("whisper", "tiny.en"),
+        ("whisper", "base"),
+        ("gigaam", "v3-ctc-testtiny"),
+    ):
+        result = CliRunner().invoke(
+            app,
+            [
+                "models",
+                "prepare",
+                "--engine",
+                engine,
+                "--variant",
+                variant,
+                "--manifest",
+                str(store.manifest_path),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+    yield store
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def tiny_store(real_tiny_store: ModelStore, tmp_path: Path) -> ModelStore:
     """A private copy of the real tiny.en store that a test may damage."""

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Literal, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,8 +15,10 @@ from rich.table import Table
 
 from offline_asr import __version__
 from offline_asr.config import Settings
-from offline_asr.constants import EXIT_CHECK_FAILED, EXIT_INTERRUPTED, MANIFEST_ENV
+from offline_asr.constants import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERRUPTED, MANIFEST_ENV
+from offline_asr.device import Device
 from offline_asr.errors import OfflineAsrError
+from offline_asr.progress import transcription_progress
 from offline_asr.registry.integrity import ModelReport, verify_models
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
 from offline_asr.registry.store import ModelStore, remove_model
@@ -127,9 +129,13 @@ def prepare(
     quantization: Annotated[
         Quantization | None,
         typer.Option(
-            help="Whisper: conversion quantization of a transformers checkpoint, else the "
-            "compute type (default: int8). GigaAM: int8 picks the *.int8.onnx files."
+            help="Whisper: precision to convert a transformers checkpoint to (default: float16). "
+            "GigaAM: int8 takes the *.int8.onnx files."
         ),
+    ] = None,
+    compute_type: Annotated[
+        str | None,
+        typer.Option(help="Whisper: the type CTranslate2 computes in (default: int8, for CPUs)"),
     ] = None,
     license_: Annotated[
         str | None, typer.Option("--license", help="Licence (default: the variant's)")
@@ -137,6 +143,13 @@ def prepare(
     language: Annotated[
         list[str] | None, typer.Option(help="Language code (repeatable) (default: the variant's)")
     ] = None,
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            help="Transcribe the smoke clip and record its golden output (--no-smoke: skip, "
+            "e.g. on a machine too small to run the model)"
+        ),
+    ] = True,
     hf_endpoint: Annotated[
         str | None, typer.Option(envvar="HF_ENDPOINT", help="Hub URL (a mirror inside the network)")
     ] = None,
@@ -153,6 +166,7 @@ def prepare(
         variant=variant,
         model_id=model_id,
         quantization=quantization,
+        compute_type=compute_type,
         from_packages=from_package or [],
         from_dir=from_dir,
         hf_repo=hf_repo,
@@ -162,6 +176,7 @@ def prepare(
         hf_endpoint=hf_endpoint,
         license=license_,
         languages=language or [],
+        smoke=smoke,
     )
     result = prepare_model(_store(manifest), request)
     model = result.model
@@ -203,7 +218,9 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
         table.add_column(column)
     for model in registry.models:
         languages = (
-            ",".join(model.languages) if len(model.languages) <= 3 else f"{len(model.languages)}"
+            ",".join(model.languages)
+            if len(model.languages) <= 3
+            else f"{len(model.languages)} languages"
         )
         src = model.source
         origin = ", ".join(src.packages) or src.url or src.path or src.generator or ""
@@ -293,3 +310,112 @@ def remove(
     """Delete a model's files and its manifest entry (bumps manifest_version)."""
     updated = remove_model(_store(manifest), model_id)
     out.print(f"removed [bold]{model_id}[/]; manifest_version is now {updated.manifest_version}")
+
+
+@models_app.command("smoke")
+@reports_errors
+def smoke(
+    ids: IdsArgument = None, json_: JsonOption = False, manifest: ManifestOption = None
+) -> None:
+    """Run each model's smoke clip: fail on a WER above the bound or output that differs from
+    the golden output recorded at preparation (and say what probably changed)."""
+    from offline_asr.smoke import check_smoke
+
+    store, registry, chosen = _select(manifest, ids)
+    reports = [check_smoke(store, model, registry.manifest_version) for model in chosen]
+    if json_:
+        out.print_json(json.dumps([r.to_dict() for r in reports], ensure_ascii=False))
+    for report in reports if not json_ else []:
+        status = "[green]OK[/]    " if report.ok else "[red]FAILED[/]"
+        bound = f" (bound {report.max_wer})" if report.max_wer is not None else " (no bound)"
+        out.print(f"{status} {report.model_id}: WER {report.wer:.2f}{bound}, {report.text!r}")
+        for problem in report.problems:
+            out.print(f"       {problem}", highlight=False)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@app.command("transcribe")
+@reports_errors
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Audio or video files")],
+    model: Annotated[str, typer.Option(help="Model id from the manifest, or `auto`")],
+    language: Annotated[str | None, typer.Option(help="Language code (default: detect)")] = None,
+    output_format: Annotated[
+        Literal["txt", "json", "verbose_json", "srt", "vtt"],
+        typer.Option("--format", help="Output format"),
+    ] = "txt",
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Write FILE's stem + extension here (default: stdout)")
+    ] = None,
+    task: Annotated[
+        Literal["transcribe", "translate"], typer.Option(help="translate: into English (Whisper)")
+    ] = "transcribe",
+    beam_size: Annotated[int, typer.Option(help="Beam size")] = 5,
+    prompt: Annotated[str | None, typer.Option(help="Initial prompt (Whisper)")] = None,
+    word_timestamps: Annotated[bool, typer.Option(help="Word-level timestamps")] = False,
+    vad_filter: Annotated[bool, typer.Option(help="Skip non-speech with Silero VAD")] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batched long-form decoding with this batch size")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: the runtime's default)")] = 0,
+    device: Annotated[Device, typer.Option(help="Where to run the model")] = "auto",
+    full_verify: Annotated[
+        bool, typer.Option(help="Re-hash every weight file instead of trusting the cache")
+    ] = False,
+    audit_log: Annotated[
+        Path | None,
+        typer.Option(envvar="OFFLINE_ASR_AUDIT_LOG", help="Audit log file (default: stderr)"),
+    ] = None,
+    manifest: ManifestOption = None,
+) -> None:
+    """Transcribe files with a registered model. Bad files are reported (exit code 2) and the
+    others are still transcribed."""
+    from pydantic import ValidationError
+
+    from offline_asr.asr.base import DecodeOptions
+    from offline_asr.audit import AuditLog
+    from offline_asr.formats import FILE_SUFFIX, render
+    from offline_asr.transcriber import Transcriber
+
+    try:
+        options = DecodeOptions(
+            language=language, task=task, beam_size=beam_size, initial_prompt=prompt,
+            word_timestamps=word_timestamps, vad_filter=vad_filter, batch_size=batch_size,
+        )  # fmt: skip
+    except ValidationError as error:
+        problem = error.errors()[0]
+        raise OfflineAsrError(f"bad option {problem['loc'][0]}: {problem['msg']}") from error
+    suffix = FILE_SUFFIX[output_format]
+    targets = {p: output_dir / (p.stem + suffix) for p in files} if output_dir else {}
+    if len(set(targets.values())) < len(targets):
+        raise OfflineAsrError("two input files have the same name stem; give them separate runs")
+    settings = Settings()
+    transcriber = Transcriber(
+        _store(manifest),
+        model,
+        audit=AuditLog(audit_log, include_text=settings.offline_asr_audit_text),
+        device=device,
+        threads=threads,
+        full_verify=full_verify,
+    )
+    failed = 0
+    for path in files:
+        try:
+            with transcription_progress(path.name) as progress:
+                result = transcriber.transcribe_file(
+                    path, options, on_audio=progress.start, on_segment=progress.advance
+                )
+        except OfflineAsrError as error:
+            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            failed += 1
+            continue
+        text = render(result, output_format)
+        if output_dir is None:
+            sys.stdout.write(text)
+        else:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            targets[path].write_text(text, encoding="utf-8")
+            err.print(f"{path} -> {targets[path]}", highlight=False)
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT)

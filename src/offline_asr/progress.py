@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -35,3 +37,35 @@ def byte_progress(description: str, total: int | None) -> Iterator[Advance]:
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+class TranscriptionProgress:
+    """Seconds of audio transcribed so far, driven by the segments as they come."""
+
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self._progress = progress
+        self._task = task
+
+    def start(self, duration: float) -> None:
+        self._progress.update(self._task, total=duration)
+
+    def advance(self, segment: HasEnd) -> None:
+        self._progress.update(self._task, completed=segment.end)
+
+
+class HasEnd(Protocol):
+    end: float
+
+
+@contextmanager
+def transcription_progress(name: str) -> Iterator[TranscriptionProgress]:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        TimeRemainingColumn(),
+        console=stderr_console,
+        transient=True,
+        disable=not stderr_console.is_terminal,
+    ) as progress:
+        yield TranscriptionProgress(progress, progress.add_task(f"transcribing {name}", total=None))

@@ -90,12 +90,22 @@ class Artifact(_Strict):
 
 
 class SmokeTest(_Strict):
-    """A fixed clip with its reference transcript, used to check a model after install."""
+    """A fixed clip with its reference transcript and the output recorded at preparation.
+
+    `audio` is relative to the store, or the name of a clip that ships with offline-asr.
+    `golden_sha256` is the hash of the canonical output (without manifest_version and runtime);
+    `runtime` records what could change it (CPU ISA, compute type, library versions).
+    """
 
     audio: str
+    audio_sha256: Sha256
+    language: str | None = None
     reference_text: str
-    max_wer: float = Field(ge=0)
+    max_wer: float | None = Field(
+        None, ge=0, description="Upper bound on the word error rate; none for a test model"
+    )
     golden_sha256: Sha256 | None = None
+    runtime: dict[str, str] = Field(default_factory=dict)
 
 
 class ModelMetadata(_Strict):

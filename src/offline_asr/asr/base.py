@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from offline_asr.device import Device, check_weights
 from offline_asr.errors import OfflineAsrError
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest, ModelMetadata
+from offline_asr.schemas import ModelMetadata
 
 Audio = npt.NDArray[np.float32]
 """16 kHz mono float32 samples in [-1, 1] (see `offline_asr.audio`)."""
@@ -75,12 +75,15 @@ class TranscriptionResult(BaseModel):
         default_factory=dict, description="What can change the output: ISA, compute type, versions"
     )
 
-    def canonical_json(self) -> str:
-        """Sorted, compact JSON: identical bytes for identical transcriptions (golden hashes)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    def canonical_json(self, *, exclude: set[str] | None = None) -> str:
+        """Sorted, compact JSON: identical bytes for identical transcriptions."""
+        data = self.model_dump(mode="json", exclude=exclude)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
-    def canonical_sha256(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+    def golden_sha256(self) -> str:
+        """Hash of what the model produced, leaving out the registry version and the runtime."""
+        text = self.canonical_json(exclude={"manifest_version", "runtime"})
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 OnSegment = Callable[[Segment], None]
@@ -118,17 +121,20 @@ class TranscriptionEngine(ABC):
         self.threads = threads  # 0: the runtime's default
         self.full_verify = full_verify
         self.model: ModelMetadata | None = None
-        self.manifest: Manifest | None = None
+        self.manifest_version = 0
         self.fingerprint = ""
 
     def load(self, model_id: str) -> None:
         """Read the entry, refuse missing or altered files, and load the weights."""
         manifest = self.store.load()
-        model = self.store.get(manifest, model_id)
+        self.load_entry(self.store.get(manifest, model_id), manifest.manifest_version)
+
+    def load_entry(self, model: ModelMetadata, manifest_version: int) -> None:
+        """Load an entry given directly (e.g. one being registered); files are verified first."""
         if model.engine != self.engine:
-            raise EngineError(f"model {model_id!r} is a {model.engine} model, not {self.engine}")
+            raise EngineError(f"model {model.id!r} is a {model.engine} model, not {self.engine}")
         check_weights(self.store, model, full=self.full_verify)
-        self.manifest, self.model = manifest, model
+        self.model, self.manifest_version = model, manifest_version
         self.fingerprint = fingerprint(model)
         self._load(model, self.store.root / model.path)
 
@@ -139,7 +145,7 @@ class TranscriptionEngine(ABC):
         on_segment: OnSegment | None = None,
     ) -> TranscriptionResult:
         """Transcribe 16 kHz mono float32 audio; `on_segment` sees each segment as it is done."""
-        if self.model is None or self.manifest is None:
+        if self.model is None:
             raise EngineError("load(model_id) must be called before transcribe()")
         options = options or DecodeOptions()
         if options.language is not None and options.language not in self.model.languages:
@@ -150,10 +156,10 @@ class TranscriptionEngine(ABC):
         return self._transcribe(audio, options, on_segment or (lambda segment: None))
 
     def _result(self, **fields: Any) -> TranscriptionResult:
-        assert self.model is not None and self.manifest is not None
+        assert self.model is not None
         return TranscriptionResult(
             model_id=self.model.id,
-            manifest_version=self.manifest.manifest_version,
+            manifest_version=self.manifest_version,
             fingerprint=self.fingerprint,
             engine=self.engine,
             **fields,

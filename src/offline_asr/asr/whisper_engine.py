@@ -15,6 +15,7 @@ from faster_whisper import BatchedInferencePipeline, WhisperModel  # noqa: E402
 from offline_asr.asr.base import (  # noqa: E402
     Audio,
     DecodeOptions,
+    EngineError,
     OnSegment,
     Segment,
     TranscriptionEngine,
@@ -31,14 +32,25 @@ class WhisperEngine(TranscriptionEngine):
 
     def _load(self, model: ModelMetadata, folder: Path) -> None:
         self.device = choose_device(self.device_request, "whisper")
-        self._model = WhisperModel(
-            str(folder),
-            device=self.device,
-            compute_type=model.compute_type,
-            cpu_threads=self.threads,
-            local_files_only=True,
-        )
+        try:
+            self._model = WhisperModel(
+                str(folder),
+                device=self.device,
+                compute_type=model.compute_type,
+                cpu_threads=self.threads,
+                local_files_only=True,
+            )
+        except ValueError as error:  # e.g. float16 compute on a CPU
+            raise EngineError(
+                f"cannot load {model.id!r} on {self.device} with compute type "
+                f"{model.compute_type}: {error}"
+            ) from error
         self._batched = BatchedInferencePipeline(self._model)
+
+    def detect_language(self, audio: Audio) -> tuple[str, float]:
+        """The most probable language of the first 30 s and its probability."""
+        language, probability, _ = self._model.detect_language(audio)
+        return language, probability
 
     def _transcribe(
         self, audio: Audio, options: DecodeOptions, on_segment: OnSegment

@@ -41,6 +41,11 @@ from offline_asr.schemas import (
 )
 
 Quantization = Literal["int8", "float16", "float32"]
+# CTranslate2's compute types; float16 and bfloat16 need a GPU.
+COMPUTE_TYPES = (
+    "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
+    "float32", "default", "auto",
+)  # fmt: skip
 
 
 @dataclass
@@ -51,6 +56,7 @@ class PrepareRequest:
     variant: str
     model_id: str | None = None
     quantization: Quantization | None = None
+    compute_type: str | None = None
     from_packages: list[str] = field(default_factory=list)
     from_dir: Path | None = None
     hf_repo: str | None = None
@@ -60,6 +66,7 @@ class PrepareRequest:
     hf_endpoint: str | None = None
     license: str | None = None
     languages: list[str] = field(default_factory=list)
+    smoke: bool = True  # run the smoke clip and record its golden output
 
 
 @dataclass
@@ -146,6 +153,7 @@ def _convert_transformers(
     converted.toolchain = {
         "ctranslate2": metadata.version("ctranslate2"),
         "transformers": metadata.version("transformers"),
+        "torch": metadata.version("torch"),
     }
     return converted
 
@@ -208,6 +216,7 @@ def _toolchain(engine: str) -> dict[str, str]:
 
 def _entry(
     request: PrepareRequest,
+    converted: bool,
     model_id: str,
     offered: sources.Offered,
     digests: dict[str, tuple[str, int]],
@@ -217,7 +226,13 @@ def _entry(
     path = f"{request.engine}/{request.variant}"
     if offered.layout.format == "ctranslate2":
         precision = ctranslate2_weight_dtype(folder / "model.bin")
-        compute_type = request.quantization or "int8"
+        if request.quantization not in (None, precision) and not converted:
+            raise SourceError(
+                f"{offered.where} holds {precision} CTranslate2 weights; --quantization "
+                f"{request.quantization} converts transformers checkpoints only. Use "
+                "--compute-type to run these weights at another type."
+            )
+        compute_type = request.compute_type or "int8"
     else:
         precision = compute_type = request.quantization or "float32"
     return ModelMetadata(
@@ -241,6 +256,12 @@ def _entry(
 
 
 def _validate(request: PrepareRequest, model_id: str) -> None:
+    if request.compute_type is not None and (
+        request.engine != "whisper" or request.compute_type not in COMPUTE_TYPES
+    ):
+        raise SourceError(
+            f"--compute-type applies to Whisper models: one of {', '.join(COMPUTE_TYPES)}"
+        )
     if request.engine not in ENGINES:
         raise SourceError(f"unknown engine {request.engine!r}: use one of {', '.join(ENGINES)}")
     if _source_count(request) > 1:
@@ -272,15 +293,18 @@ def prepare_model(
         staging.mkdir(parents=True)
         try:
             offered = _fetch(request, staging)
-            if offered.layout.format == "transformers":
+            converted = offered.layout.format == "transformers"
+            if converted:
                 offered = _convert_transformers(
                     offered, request.quantization or "float16", staging / "converted"
                 )
             digests = copy_into(offered, staging / "model")
-            new = _entry(request, model_id, offered, digests, staging / "model")
+            new = _entry(request, converted, model_id, offered, digests, staging / "model")
             if must_match is not None:
                 _check_match(must_match, new)
-            result = _install(store, manifest, new, staging)
+            result = _install(
+                store, manifest, new, staging, smoke=request.smoke and must_match is None
+            )
             if offered.download_dir is not None:
                 shutil.rmtree(offered.download_dir, ignore_errors=True)
             return result
@@ -289,35 +313,44 @@ def prepare_model(
 
 
 def _install(
-    store: ModelStore, manifest: Manifest, new: ModelMetadata, staging: Path
+    store: ModelStore, manifest: Manifest, new: ModelMetadata, staging: Path, *, smoke: bool
 ) -> PrepareResult:
+    """Swap the staged folder in, record the smoke test when asked and missing, register."""
     old = manifest.get(new.id)
     if old is not None:
-        new = new.model_copy(update={"smoke": old.smoke, "version": old.version})
+        same_files = old.artifacts == new.artifacts
+        new = new.model_copy(update={"smoke": old.smoke if same_files else None})
+        new = new.model_copy(update={"version": old.version})
     clash = next((m for m in manifest.models if m.path == new.path and m.id != new.id), None)
     if clash is not None:
         raise StoreError(f"folder {new.path} already belongs to model {clash.id!r}")
     (staging / "model" / CHECKSUM_NAME).write_text(checksum_text(new), encoding="utf-8")
-    change = diff_model(old, new)
-    if change is None and all(r.ok for r in verify_models(store.root, [new])):
+    smoke_missing = smoke and new.smoke is None
+    unchanged = diff_model(old, new) is None and not smoke_missing
+    if unchanged and all(r.ok for r in verify_models(store.root, [new])):
         return PrepareResult(new, manifest.manifest_version, registered=False, restored=False)
     target = store.root / new.path
-    trash = staging / "previous"
+    previous = staging / "previous"
     if target.exists():
-        target.rename(trash)
+        target.rename(previous)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         (staging / "model").rename(target)
+        if smoke_missing:
+            from offline_asr.smoke import record_smoke  # loads the engines: only when needed
+
+            recorded = record_smoke(store, new, manifest.manifest_version + 1)
+            new = new.model_copy(update={"smoke": recorded})
+        change = diff_model(old, new)
+        if change is None:
+            return PrepareResult(new, manifest.manifest_version, registered=False, restored=True)
+        models = sorted([m for m in manifest.models if m.id != new.id] + [new], key=lambda m: m.id)
+        updated = store.save(manifest.model_copy(update={"models": models}), [change])
     except BaseException:
-        if trash.exists():
-            trash.rename(target)
+        shutil.rmtree(target, ignore_errors=True)
+        if previous.exists():
+            previous.rename(target)
         raise
-    if change is None:
-        return PrepareResult(new, manifest.manifest_version, registered=False, restored=True)
-    models = [m for m in manifest.models if m.id != new.id] + [new]
-    updated = store.save(
-        manifest.model_copy(update={"models": sorted(models, key=lambda m: m.id)}), [change]
-    )
     return PrepareResult(new, updated.manifest_version, registered=True, restored=True)
 
 
@@ -333,8 +366,10 @@ def request_from_entry(model: ModelMetadata) -> PrepareRequest:
     )
     if model.format == "onnx" and model.precision == "int8":
         request.quantization = "int8"
-    elif model.engine == "whisper" and model.compute_type != "int8":
-        request.quantization = model.compute_type  # type: ignore[assignment]
+    elif "transformers" in model.toolchain:  # converted at this precision
+        request.quantization = model.precision  # type: ignore[assignment]
+    if model.format == "ctranslate2":
+        request.compute_type = model.compute_type
     if source.kind == "pypi":
         request.from_packages = [p.split("==")[0] for p in source.packages]
     elif source.kind == "local":

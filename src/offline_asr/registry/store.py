@@ -47,8 +47,14 @@ def diff_model(old: ModelMetadata | None, new: ModelMetadata | None) -> Manifest
             details.append(
                 f"`{path}` sha256 {before.get(path, 'none')} -> {after.get(path, 'none')}"
             )
+    if old.smoke != new.smoke and new.smoke is not None:
+        golden = old.smoke.golden_sha256 if old.smoke else "none"
+        details.append(
+            f"smoke test on `{new.smoke.audio}`: golden sha256 {golden} -> "
+            f"{new.smoke.golden_sha256}"
+        )
     for name in sorted(type(new).model_fields):
-        if name != "artifacts" and getattr(old, name) != getattr(new, name):
+        if name not in ("artifacts", "smoke") and getattr(old, name) != getattr(new, name):
             details.append(f"{name} changed")
     return ManifestChange("updated", new.id, details)
 
