@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from offline_asr.asr import load_engine
 from offline_asr.asr.base import Audio, DecodeOptions, OnSegment, TranscriptionResult
@@ -63,18 +63,22 @@ class Transcriber:
             context,
         )  # fmt: skip
 
-    def transcribe_bytes(
+    def transcribe_stream(
         self,
-        data: bytes,
+        stream: BinaryIO,
         name: str,
         options: DecodeOptions,
         on_segment: OnSegment | None = None,
         **context: Any,
     ) -> TranscriptionResult:
-        digest = hashlib.sha256(data).hexdigest()
+        """An upload: hashed in chunks, then decoded from the same seekable stream."""
+        digest = hashlib.sha256()
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+        stream.seek(0)
         return self._run(
-            lambda: decode_audio(data, limits=self.limits, name=name), digest, options, None,
-            on_segment, context,
+            lambda: decode_audio(stream, limits=self.limits, name=name), digest.hexdigest(),
+            options, None, on_segment, context,
         )  # fmt: skip
 
     def _run(

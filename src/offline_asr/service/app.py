@@ -1,0 +1,300 @@
+"""The FastAPI app: OpenAI-compatible audio routes, health, readiness, metrics, a web page."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Form, Request, Response, UploadFile
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from offline_asr import __version__
+from offline_asr.asr.base import DecodeOptions, Segment, TranscriptionResult
+from offline_asr.errors import OfflineAsrError
+from offline_asr.formats import render
+from offline_asr.service.admission import Admission, QueueFullError
+from offline_asr.service.errors import ApiError, error_body, from_domain, install_handlers
+from offline_asr.service.metrics import Metrics
+from offline_asr.service.pool import ModelPool
+from offline_asr.service.settings import ServiceSettings
+
+STATIC = Path(__file__).resolve().parent / "static"
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+MEDIA_TYPES = {"json": "application/json", "verbose_json": "application/json"}
+# Multipart framing and the other form fields on top of the file itself.
+FORM_OVERHEAD = 64 * 1024
+
+
+class UploadLimit:
+    """Refuse bodies over the limit with 413: by Content-Length first, else while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"").decode() or "0"
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise ApiError(413, self._message(), param="file", code="file_too_large")
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"upload larger than {self.max_bytes - FORM_OVERHEAD:,} bytes; send a smaller file"
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            error_body(self._message(), "invalid_request_error", "file", "file_too_large")
+        )
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+async def authorize(request: Request) -> str | None:
+    """Bearer keys when configured; returns a short id of the key for the audit log."""
+    keys: list[bytes] = request.app.state.api_keys
+    if not keys:
+        return None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip().encode()
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, key) for key in keys):
+        message = "missing or invalid API key (Authorization: Bearer KEY)"
+        raise ApiError(401, message, code="invalid_api_key")
+    return hashlib.sha256(given).hexdigest()[:8]
+
+
+ApiKeyId = Annotated[str | None, Depends(authorize)]
+
+
+def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> FastAPI:
+    """Build the app around a pool whose models were verified and loaded already."""
+    app = FastAPI(
+        title="offline-asr",
+        version=__version__,
+        summary="OpenAI-compatible speech recognition that never leaves the building",
+    )
+    admission = Admission(settings.max_concurrency, settings.max_queue, metrics)
+    app.state.api_keys = [key.encode() for key in settings.all_api_keys()]
+    install_handlers(app)
+
+    @app.middleware("http")
+    async def request_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.model = "unknown"
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        if request.url.path.startswith("/v1/audio/"):
+            metrics.requests.labels(request.state.model, str(response.status_code)).inc()
+        return response
+
+    if pool.idle_unload_s > 0:
+
+        @app.on_event("startup")
+        async def _unload_idle_models() -> None:
+            async def loop() -> None:
+                while True:
+                    await asyncio.sleep(min(pool.idle_unload_s, 30))
+                    await asyncio.to_thread(pool.unload_idle)
+
+            app.state.unloader = asyncio.create_task(loop())
+
+    async def transcribe(
+        request: Request,
+        file: UploadFile,
+        model: str,
+        options: DecodeOptions,
+        response_format: ResponseFormat,
+        stream: bool,
+        key_id: str | None,
+    ) -> Response:
+        pool.check(model)
+        request.state.model = model  # only registered ids become metric labels
+        try:
+            await admission.acquire()
+        except QueueFullError:
+            retry = max(1, math.ceil(settings.max_queue / settings.max_concurrency))
+            raise ApiError(
+                429, "the server is busy; retry later", type_="rate_limit_exceeded",
+                code="queue_full", headers={"Retry-After": str(retry)},
+            ) from None  # fmt: skip
+        loop = asyncio.get_running_loop()
+        segments: asyncio.Queue[Segment | None] = asyncio.Queue()
+        context = {
+            "request_id": request.state.request_id,
+            "client": request.client.host if request.client else "unknown",
+            "api_key_id": key_id,
+        }
+
+        def work() -> TranscriptionResult:
+            def on_segment(segment: Segment) -> None:
+                loop.call_soon_threadsafe(segments.put_nowait, segment)
+
+            transcriber = pool.get(model)
+            return transcriber.transcribe_stream(
+                file.file, file.filename or "upload", options, on_segment, **context
+            )
+
+        started = loop.time()
+        job = asyncio.ensure_future(asyncio.to_thread(work))
+        job.add_done_callback(lambda _: admission.release())  # the slot is free only when done
+        job.add_done_callback(lambda _: loop.call_soon(segments.put_nowait, None))
+
+        def observe(result: TranscriptionResult) -> None:
+            metrics.latency.labels(model).observe(loop.time() - started)
+            metrics.audio_seconds.labels(model).inc(result.duration)
+
+        if stream:
+            return StreamingResponse(
+                _events(job, segments, observe, settings.request_timeout_s),
+                media_type="text/event-stream",
+            )
+        try:
+            result = await asyncio.wait_for(asyncio.shield(job), settings.request_timeout_s)
+        except TimeoutError:
+            message = f"transcription took longer than {settings.request_timeout_s} s"
+            raise ApiError(504, message, type_="server_error", code="timeout") from None
+        observe(result)
+        body = render(result, response_format)
+        return Response(body, media_type=MEDIA_TYPES.get(response_format, "text/plain"))
+
+    def decode_options(
+        task: Literal["transcribe", "translate"],
+        language: str | None,
+        prompt: str | None,
+        temperature: float,
+        granularities: list[str],
+    ) -> DecodeOptions:
+        try:
+            return DecodeOptions(
+                language=language or None, task=task, initial_prompt=prompt or None,
+                temperature=temperature, word_timestamps="word" in granularities,
+            )  # fmt: skip
+        except ValidationError as error:
+            problem = error.errors()[0]
+            raise ApiError(400, f"{problem['loc'][0]}: {problem['msg']}",
+                           param=str(problem["loc"][0])) from error  # fmt: skip
+
+    @app.post("/v1/audio/transcriptions", response_model=None)
+    async def create_transcription(
+        request: Request,
+        key_id: ApiKeyId,
+        file: Annotated[UploadFile, File(description="Audio or video file")],
+        model: Annotated[str, Form(description="Model id from /v1/models, or `auto`")],
+        language: Annotated[str | None, Form()] = None,
+        prompt: Annotated[str | None, Form()] = None,
+        response_format: Annotated[ResponseFormat, Form()] = "json",
+        temperature: Annotated[float, Form(ge=0, le=1)] = 0.0,
+        timestamp_granularities: Annotated[
+            list[Literal["word", "segment"]] | None, Form(alias="timestamp_granularities[]")
+        ] = None,
+        stream: Annotated[bool, Form()] = False,
+    ) -> Response:
+        """Transcribe speech; the answer has OpenAI's shape plus `x_offline_asr` provenance."""
+        options = decode_options(
+            "transcribe", language, prompt, temperature, list(timestamp_granularities or [])
+        )
+        return await transcribe(request, file, model, options, response_format, stream, key_id)
+
+    @app.post("/v1/audio/translations", response_model=None)
+    async def create_translation(
+        request: Request,
+        key_id: ApiKeyId,
+        file: Annotated[UploadFile, File(description="Audio or video file")],
+        model: Annotated[str, Form(description="A Whisper model id")],
+        prompt: Annotated[str | None, Form()] = None,
+        response_format: Annotated[ResponseFormat, Form()] = "json",
+        temperature: Annotated[float, Form(ge=0, le=1)] = 0.0,
+    ) -> Response:
+        """Translate speech into English text (Whisper models)."""
+        options = decode_options("translate", None, prompt, temperature, [])
+        return await transcribe(request, file, model, options, response_format, False, key_id)
+
+    @app.get("/v1/models")
+    async def list_models(key_id: ApiKeyId) -> dict[str, Any]:
+        """Registered models with engine, manifest_version, fingerprint and whether loaded."""
+        return {"object": "list", "data": pool.describe()}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        """Every model named at start is verified and loaded."""
+        if pool.ready:
+            return Response(json.dumps({"status": "ready"}), media_type="application/json")
+        return Response(json.dumps({"status": "loading"}), 503, media_type="application/json")
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus text format."""
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )  # fmt: skip
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes + FORM_OVERHEAD)
+    return app
+
+
+async def _events(
+    job: asyncio.Future[TranscriptionResult],
+    segments: asyncio.Queue[Segment | None],
+    observe: Callable[[TranscriptionResult], None],
+    timeout: float,
+) -> AsyncIterator[str]:
+    """Server-sent events as OpenAI streams them: text deltas, then the full text."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (segment := await asyncio.wait_for(segments.get(), deadline - loop.time())) is not None:
+        yield _event({"type": "transcript.text.delta", "delta": segment.text})
+    try:
+        result = job.result()
+    except OfflineAsrError as error:
+        api = from_domain(error)
+        yield _event(error_body(api.message, api.type, api.param, api.code))
+        return
+    observe(result)
+    usage = {"type": "duration", "seconds": math.ceil(result.duration)}
+    yield _event({"type": "transcript.text.done", "text": result.text, "usage": usage})
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -1,0 +1,32 @@
+"""Prometheus metrics, in a registry of the app's own (several apps may live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "offline_asr_requests", "Transcription requests by model and HTTP status",
+            ["model", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.audio_seconds = Counter(
+            "offline_asr_audio_seconds", "Seconds of audio transcribed", ["model"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "offline_asr_request_latency_seconds", "Time from admission to answer", ["model"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "offline_asr_queue_depth", "Requests waiting for a slot", registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "offline_asr_in_flight", "Requests being transcribed", registry=self.registry
+        )
+        self.loaded = Gauge(
+            "offline_asr_model_loaded", "1 for each loaded model", ["model"], registry=self.registry
+        )
