@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from offline_asr.cli import app
 from offline_asr.registry.store import ModelStore
 from support.helpers import PREPARE_TINY, Cli, CliResult, write_ct2_model
+from support.server import Server, running_server
 
 
 @pytest.fixture
@@ -82,6 +83,19 @@ def full_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]
         assert result.exit_code == 0, result.output
     yield store
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server(full_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`offline-asr serve` on loopback with whisper-tiny.en and the GigaAM test model preloaded
+    (other models load on first request), shared by the tests that do not change its settings."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    audit = log.with_name("audit.jsonl")
+    with running_server(
+        full_store.manifest_path, "--model", "whisper-tiny.en", "--model", "gigaam-v3-ctc-testtiny",
+        env={"OFFLINE_ASR_AUDIT_LOG": str(audit)}, log=log,
+    ) as running:  # fmt: skip
+        yield running
 
 
 @pytest.fixture
