@@ -228,3 +228,33 @@ def test_audit_log_has_one_line_per_transcription_and_no_text(
     monkeypatch.setenv("OFFLINE_ASR_AUDIT_TEXT", "1")
     _transcribe(cli, full_store, str(EN), "--model", "whisper-tiny.en", "--audit-log", str(log))
     assert "weather" in json.loads(log.read_text().splitlines()[-1])["text"]
+
+
+def test_audit_report_answers_who_used_which_model_version(
+    full_store: ModelStore, cli: Cli, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"\x00" * 10)
+    _transcribe(cli, full_store, str(EN), str(EN2), "--model", "whisper-tiny.en", "--audit-log",
+                str(log))  # fmt: skip
+    _transcribe(cli, full_store, str(bad), "--model", "whisper-tiny.en", "--audit-log", str(log))
+    from typer.testing import CliRunner
+
+    from offline_asr.cli import app
+
+    def report(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["audit", "report", *args])
+        return result.exit_code, result.stdout
+
+    code, out = report("--json", str(log))
+    assert code == 0, out
+    (row,) = json.loads(out)["rows"]
+    assert (row["model_id"], row["client"], row["requests"], row["errors"]) == (
+        "whisper-tiny.en", "cli", 3, 1,
+    )  # fmt: skip
+    assert row["manifest_version"] == full_store.load().manifest_version
+    assert row["audio_hours"] == pytest.approx((4.49 + 3.30) / 3600, rel=0.02)
+    code, out = report(str(log))
+    assert code == 0 and "whisper-tiny.en" in out
+    assert report(str(tmp_path / "nope.jsonl"))[0] == 2

@@ -38,16 +38,21 @@ class AuditLog:
         latency_s: float,
         result: TranscriptionResult | None = None,
         error: str | None = None,
+        manifest_version: int | None = None,
+        fingerprint: str | None = None,
         **context: Any,
     ) -> dict[str, Any]:
-        """Write one line for a finished (or failed) transcription and return it."""
+        """Write one line for a finished (or failed) transcription and return it.
+
+        A failure carries the loaded model's `manifest_version` and `fingerprint` when known.
+        """
         entry: dict[str, Any] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "event": "transcription",
             "outcome": "ok" if error is None else "error",
             "model_id": result.model_id if result else model_id,
-            "manifest_version": result.manifest_version if result else None,
-            "fingerprint": result.fingerprint if result else None,
+            "manifest_version": result.manifest_version if result else manifest_version,
+            "fingerprint": result.fingerprint if result else fingerprint,
             "audio_sha256": audio_sha256,
             "duration_s": round(result.duration, 3) if result else None,
             "language": result.language if result else None,

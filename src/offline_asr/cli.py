@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal, ParamSpec, TypeVar
 
@@ -35,6 +36,8 @@ models_app = typer.Typer(
     help="The model registry: prepare, list, verify, sync, remove.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+audit_app = typer.Typer(help="Reports from audit logs.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 # Wide enough for tables when piped; a terminal uses its own width.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -465,3 +468,24 @@ def serve(
         manifest=manifest,
     )
     run_server(settings)
+
+
+@audit_app.command("report")
+@reports_errors
+def audit_report(
+    logs: Annotated[list[Path], typer.Argument(metavar="LOG", help="Audit log files (JSON lines)")],
+    since: Annotated[
+        datetime | None, typer.Option(help="Only entries at or after this time (UTC if no zone)")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="Only entries before this time")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Who used which model version: requests, audio hours and errors per model_id,
+    manifest_version and client."""
+    from offline_asr.audit_report import build_report
+
+    report = build_report(logs, since=since, until=until)
+    if json_:
+        out.print_json(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        out.print(report.render_table())

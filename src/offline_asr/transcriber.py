@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from offline_asr.asr import load_engine
-from offline_asr.asr.base import Audio, DecodeOptions, OnSegment, TranscriptionResult
+from offline_asr.asr.base import (
+    Audio,
+    DecodeOptions,
+    OnSegment,
+    TranscriptionEngine,
+    TranscriptionResult,
+)
 from offline_asr.asr.router import AUTO_MODEL, AutoRouter
 from offline_asr.audio import AudioLimits, decode_audio
 from offline_asr.audit import AuditLog
@@ -97,9 +103,12 @@ class Transcriber:
                 on_audio(len(audio) / SAMPLE_RATE)
             result = self.backend.transcribe(audio, options, on_segment)
         except OfflineAsrError as error:
+            engine = self.backend if isinstance(self.backend, TranscriptionEngine) else None
             self.audit.record(
                 model_id=self.model_id, audio_sha256=digest, options=options,
-                latency_s=time.perf_counter() - started, error=str(error), **context,
+                latency_s=time.perf_counter() - started, error=str(error),
+                manifest_version=engine.manifest_version if engine else None,
+                fingerprint=engine.fingerprint if engine else None, **context,
             )  # fmt: skip
             raise
         self.audit.record(
