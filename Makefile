@@ -21,11 +21,12 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 setup: $(VENV)/.synced
 
-# Main job: bring back any missing model from its pinned source, verify the store, list it.
+# Main job: bring back any missing model from its pinned source, verify the store, then serve
+# the OpenAI-compatible API on http://127.0.0.1:8000 with the embedded default model.
 run: setup
 	$(BIN)/offline-asr models sync
 	$(BIN)/offline-asr models verify
-	$(BIN)/offline-asr models list
+	$(BIN)/offline-asr serve --model whisper-tiny.en --host 127.0.0.1 --port 8000
 
 test: setup
 	$(BIN)/pytest
