@@ -9,6 +9,7 @@ import json
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -95,10 +96,26 @@ ApiKeyId = Annotated[str | None, Depends(authorize)]
 
 def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> FastAPI:
     """Build the app around a pool whose models were verified and loaded already."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Unload idle lazily loaded models in the background, when configured."""
+
+        async def unload_idle() -> None:
+            while True:
+                await asyncio.sleep(min(pool.idle_unload_s, 30))
+                await asyncio.to_thread(pool.unload_idle)
+
+        task = asyncio.create_task(unload_idle()) if pool.idle_unload_s > 0 else None
+        yield
+        if task is not None:
+            task.cancel()
+
     app = FastAPI(
         title="offline-asr",
         version=__version__,
         summary="OpenAI-compatible speech recognition that never leaves the building",
+        lifespan=lifespan,
     )
     admission = Admission(settings.max_concurrency, settings.max_queue, metrics)
     app.state.api_keys = [key.encode() for key in settings.all_api_keys()]
@@ -115,17 +132,6 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
         if request.url.path.startswith("/v1/audio/"):
             metrics.requests.labels(request.state.model, str(response.status_code)).inc()
         return response
-
-    if pool.idle_unload_s > 0:
-
-        @app.on_event("startup")
-        async def _unload_idle_models() -> None:
-            async def loop() -> None:
-                while True:
-                    await asyncio.sleep(min(pool.idle_unload_s, 30))
-                    await asyncio.to_thread(pool.unload_idle)
-
-            app.state.unloader = asyncio.create_task(loop())
 
     async def transcribe(
         request: Request,

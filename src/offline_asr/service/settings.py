@@ -58,7 +58,7 @@ class ServiceSettings(BaseSettings):
         100_000_000, gt=0, validation_alias=_env("max_upload_bytes", "OFFLINE_ASR_MAX_UPLOAD_BYTES")
     )
     max_audio_seconds: float = Field(
-        3600, gt=0, validation_alias=_env("max_audio_seconds", "OFFLINE_ASR_MAX_AUDIO_SECONDS")
+        14_400, gt=0, validation_alias=_env("max_audio_seconds", "OFFLINE_ASR_MAX_AUDIO_SECONDS")
     )
     request_timeout_s: float = Field(
         600, gt=0, validation_alias=_env("request_timeout_s", "OFFLINE_ASR_REQUEST_TIMEOUT_S")

@@ -1,0 +1,42 @@
+"""The model pool: preloading verifies, lazy loading obeys the setting, idle models unload."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from offline_asr.audio import AudioLimits
+from offline_asr.audit import AuditLog
+from offline_asr.errors import ModelNotFoundError
+from offline_asr.registry.store import ModelStore
+from offline_asr.service.metrics import Metrics
+from offline_asr.service.pool import ModelPool
+
+
+def _pool(store: ModelStore, *, lazy: bool, idle: float = 0) -> ModelPool:
+    return ModelPool(
+        store, audit=AuditLog(), limits=AudioLimits(10**8, 600), metrics=Metrics(),
+        lazy_load=lazy, idle_unload_s=idle,
+    )  # fmt: skip
+
+
+def test_lazy_models_load_on_first_use_and_unload_when_idle(full_store: ModelStore) -> None:
+    pool = _pool(full_store, lazy=True, idle=0.2)
+    pool.preload(["gigaam-v3-ctc-testtiny"])
+    assert pool.ready
+    pool.get("whisper-tiny.en")
+    loaded = {row["id"]: row["loaded"] for row in pool.describe()}
+    assert loaded["whisper-tiny.en"] and loaded["gigaam-v3-ctc-testtiny"]
+    time.sleep(0.3)
+    assert pool.unload_idle() == ["whisper-tiny.en"]  # preloaded models stay
+    assert {row["id"]: row["loaded"] for row in pool.describe()}["gigaam-v3-ctc-testtiny"]
+
+
+def test_without_lazy_loading_only_preloaded_models_are_served(full_store: ModelStore) -> None:
+    pool = _pool(full_store, lazy=False)
+    pool.preload(["gigaam-v3-ctc-testtiny"])
+    with pytest.raises(ModelNotFoundError, match="not served here"):
+        pool.check("whisper-tiny.en")
+    with pytest.raises(ModelNotFoundError, match="no model 'nope'"):
+        _pool(full_store, lazy=True).check("nope")
