@@ -37,6 +37,11 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 audit_app = typer.Typer(help="Reports from audit logs.", no_args_is_help=True)
+bundle_app = typer.Typer(
+    help="Offline bundles: build, verify, install, list, roll back, prune, keygen.",
+    no_args_is_help=True,
+)
+app.add_typer(bundle_app, name="bundle")
 app.add_typer(audit_app, name="audit")
 
 # Wide enough for tables when piped; a terminal uses its own width.
@@ -57,6 +62,17 @@ ManifestOption = Annotated[
 ]
 IdsArgument = Annotated[
     list[str] | None, typer.Argument(metavar="ID", help="Models to use (default: all)")
+]
+TargetOption = Annotated[
+    Path | None,
+    typer.Option(help="Installed bundle target: use DIR/current/models/manifest.json"),
+]
+PublicKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="OFFLINE_ASR_BUNDLE_PUBLIC_KEY",
+        help="Ed25519 public key; when set, bundles must carry a valid signature",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -80,7 +96,11 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _store(manifest: Path | None) -> ModelStore:
+def _store(manifest: Path | None, target: Path | None = None) -> ModelStore:
+    if target is not None:
+        from offline_asr.bundle.install import target_manifest
+
+        return ModelStore(target_manifest(target))
     return ModelStore(manifest or Settings().model_registry_path)
 
 
@@ -370,6 +390,7 @@ def transcribe(
         Path | None,
         typer.Option(envvar="OFFLINE_ASR_AUDIT_LOG", help="Audit log file (default: stderr)"),
     ] = None,
+    target: TargetOption = None,
     manifest: ManifestOption = None,
 ) -> None:
     """Transcribe files with a registered model. Bad files are reported (exit code 2) and the
@@ -395,7 +416,7 @@ def transcribe(
         raise OfflineAsrError("two input files have the same name stem; give them separate runs")
     settings = Settings()
     transcriber = Transcriber(
-        _store(manifest),
+        _store(manifest, target),
         model,
         audit=AuditLog(audit_log, include_text=settings.offline_asr_audit_text),
         device=device,
@@ -449,6 +470,7 @@ def serve(
     api_keys_file: Annotated[
         Path | None, typer.Option(help="File with one API key per line (Bearer auth)")
     ] = None,
+    target: TargetOption = None,
     manifest: ManifestOption = None,
 ) -> None:
     """Serve the OpenAI-compatible HTTP API. The models are verified and loaded before the
@@ -465,7 +487,7 @@ def serve(
         max_queue=max_queue,
         lazy_load=lazy_load,
         api_keys_file=api_keys_file,
-        manifest=manifest,
+        manifest=_store(manifest, target).manifest_path if target else manifest,
     )
     run_server(settings)
 
@@ -489,3 +511,145 @@ def audit_report(
         out.print_json(json.dumps(report.to_dict(), ensure_ascii=False))
     else:
         out.print(report.render_table())
+
+
+@bundle_app.command("build")
+@reports_errors
+def bundle_build(
+    models: Annotated[
+        list[str] | None, typer.Option("--models", help="Models to pack (default: all)")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder")] = Path("dist"),
+    with_wheels: Annotated[
+        bool, typer.Option(help="Also pack a wheelhouse for the lock (downloads from PyPI)")
+    ] = False,
+    recipient: Annotated[
+        list[str] | None, typer.Option(help="Encrypt to this age public key (repeatable)")
+    ] = None,
+    sign_key: Annotated[Path | None, typer.Option(help="Ed25519 private key to sign with")] = None,
+    base_manifest: Annotated[
+        Path | None, typer.Option(help="Delta: pack only artifacts changed since this manifest")
+    ] = None,
+    locks_from: Annotated[Path, typer.Option(help="Folder with the lock files")] = Path(),
+    manifest: ManifestOption = None,
+) -> None:
+    """Pack exactly what the manifest lists into offline_bundle_v{N}.tar.zst (+ .sha256, .sig).
+    Rebuilding from the same inputs gives the same bytes (unless encrypted)."""
+    import tempfile
+
+    from offline_asr.bundle.build import build_bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wheels = None
+        if with_wheels:
+            from offline_asr.envpack import download_wheels
+
+            wheels = download_wheels(locks_from / "requirements.lock", Path(tmp))
+        result = build_bundle(
+            _store(manifest), out_dir, model_ids=models, recipients=recipient, sign_key=sign_key,
+            base_manifest=base_manifest, locks_dir=locks_from, wheels=wheels,
+        )  # fmt: skip
+    kind = "delta " if result.contents.base_manifest_version is not None else ""
+    out.print(f"built {kind}bundle {result.path} ({result.size:,} bytes)", highlight=False)
+    out.print(f"sha256 {result.sha256}", highlight=False)
+    out.print(f"models {', '.join(result.contents.models)}; {len(result.contents.files)} files")
+    if result.signature is not None:
+        out.print(f"signature {result.signature}", highlight=False)
+
+
+@bundle_app.command("verify")
+@reports_errors
+def bundle_verify(
+    bundle: Annotated[Path, typer.Argument(metavar="FILE", help="The bundle")],
+    public_key: PublicKeyOption = None,
+    identity: Annotated[
+        Path | None, typer.Option(help="age identity, to check an encrypted bundle's contents")
+    ] = None,
+) -> None:
+    """Check the .sha256 sidecar, the signature (when a public key is given) and every file."""
+    from offline_asr.bundle.install import verify_bundle
+
+    contents = verify_bundle(bundle, public_key=public_key, identity=identity)
+    signed = " and signature" if public_key else ""
+    if contents is None:
+        out.print(f"OK {bundle.name}: sha256{signed} match; encrypted, contents not checked "
+                  "(give --identity to check them)")  # fmt: skip
+        return
+    out.print(
+        f"OK {bundle.name}: sha256{signed} match; {len(contents.files)} files match bundle.json "
+        f"(manifest_version {contents.manifest_version}, models {', '.join(contents.models)})",
+        highlight=False,
+    )
+
+
+@bundle_app.command("install")
+@reports_errors
+def bundle_install(
+    bundle: Annotated[Path, typer.Argument(metavar="FILE", help="The bundle")],
+    target: Annotated[Path, typer.Option(help="Install root (releases/, current)")],
+    identity: Annotated[
+        Path | None, typer.Option(help="age identity for encrypted bundles")
+    ] = None,
+    public_key: PublicKeyOption = None,
+) -> None:
+    """Verify, decrypt, unpack safely into a new release, check every artifact, then switch
+    TARGET/current to it atomically. The previous release stays for rollback."""
+    from offline_asr.bundle.install import install_bundle
+
+    release = install_bundle(bundle, target, public_key=public_key, identity=identity)
+    out.print(f"installed v{release.version} into {release.path}; current -> v{release.version}")
+
+
+@bundle_app.command("list")
+@reports_errors
+def bundle_list(target: Annotated[Path, typer.Option(help="Install root")]) -> None:
+    """Installed releases; `*` marks the current one."""
+    from offline_asr.bundle.install import list_releases
+
+    releases = list_releases(target)
+    if not releases:
+        out.print(f"no releases in {target}")
+    for release in releases:
+        mark = "*" if release.current else " "
+        line = f"{mark} v{release.version}  {release.bundle or ''}  {release.installed_at or ''}"
+        out.print(line, highlight=False)
+
+
+@bundle_app.command("rollback")
+@reports_errors
+def bundle_rollback(target: Annotated[Path, typer.Option(help="Install root")]) -> None:
+    """Switch TARGET/current back to the previous release, atomically."""
+    from offline_asr.bundle.install import rollback
+
+    release = rollback(target)
+    out.print(f"current -> v{release.version}")
+
+
+@bundle_app.command("prune")
+@reports_errors
+def bundle_prune(
+    target: Annotated[Path, typer.Option(help="Install root")],
+    keep: Annotated[int, typer.Option(min=1, help="Releases to keep (the current one always)")] = 2,
+) -> None:
+    """Delete old releases, keeping the newest KEEP and the current one."""
+    from offline_asr.bundle.install import prune
+
+    removed = prune(target, keep)
+    out.print("removed " + (", ".join(f"v{v}" for v in removed) or "nothing"))
+
+
+@bundle_app.command("keygen")
+@reports_errors
+def bundle_keygen(
+    private: Annotated[Path, typer.Option(help="Private key file (kept secret, mode 0600)")] = Path(
+        "offline-asr-signing.key"
+    ),
+    public: Annotated[Path, typer.Option(help="Public key file (for the air-gapped hosts)")] = Path(
+        "offline-asr-signing.pub"
+    ),
+) -> None:
+    """Make an Ed25519 key pair for signing bundles."""
+    from offline_asr.bundle.signing import generate_keypair
+
+    key_id = generate_keypair(private, public)
+    out.print(f"wrote {private} and {public} (key id {key_id})")

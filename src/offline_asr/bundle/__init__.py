@@ -1,0 +1,1 @@
+"""Offline bundles: build, sign, encrypt, verify, install atomically, roll back."""

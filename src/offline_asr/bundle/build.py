@@ -1,0 +1,268 @@
+"""Build `offline_bundle_v{N}.tar.zst` strictly from the manifest, byte-identical on rebuild.
+
+Entries are sorted, with a fixed mtime (the manifest's `updated_at`), owner and mode, and fixed
+zstd settings; files are streamed from disk, so memory does not grow with the bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pyrage
+import zstandard
+
+from offline_asr.bundle.contents import (
+    CONTENTS_NAME,
+    MANIFEST_IN_BUNDLE,
+    BundleContents,
+    BundleFile,
+)
+from offline_asr.bundle.errors import BundleError
+from offline_asr.bundle.signing import SIGNATURE_SUFFIX, sign
+from offline_asr.constants import CHECKSUM_NAME
+from offline_asr.errors import OfflineAsrError
+from offline_asr.progress import Advance, byte_progress
+from offline_asr.registry.integrity import checksum_text, verify_models
+from offline_asr.registry.store import ModelStore
+from offline_asr.schemas import Manifest
+
+ZSTD_LEVEL = 3
+LOCK_FILES = ("requirements.lock", "uv.lock")
+INSTALL_TEXT = """\
+offline-asr bundle v{version}
+
+Install (on the air-gapped host, with offline-asr installed):
+
+    offline-asr bundle verify {name} [--public-key signing.pub]
+    offline-asr bundle install {name} --target /srv/offline-asr \\
+        [--identity key.age] [--public-key signing.pub]
+    offline-asr doctor --target /srv/offline-asr
+    offline-asr serve --target /srv/offline-asr
+
+Models: {models}
+{delta}"""
+
+
+@dataclass
+class Entry:
+    """One archive member: where it goes, and either a file on disk or bytes made here."""
+
+    arcname: str
+    source: Path | None = None
+    data: bytes | None = None
+    expected_sha256: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else (self.source or Path()).stat().st_size
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    sha256: str
+    size: int
+    contents: BundleContents
+    signature: Path | None
+
+
+def bundle_name(manifest_version: int, *, encrypted: bool) -> str:
+    return f"offline_bundle_v{manifest_version}.tar.zst" + (".age" if encrypted else "")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _entries(
+    store: ModelStore,
+    manifest: Manifest,
+    base: Manifest | None,
+    locks_dir: Path,
+    wheels: Path | None,
+) -> tuple[list[Entry], list[BundleFile]]:
+    """Everything but bundle.json, sorted, and the artifacts a delta takes from its base."""
+    base_hashes = {a.path: a.sha256 for m in (base.models if base else []) for a in m.artifacts}
+    entries = [Entry(MANIFEST_IN_BUNDLE, data=manifest.to_json().encode())]
+    from_base = []
+    for model in manifest.models:
+        entries.append(
+            Entry(f"models/{model.path}/{CHECKSUM_NAME}", data=checksum_text(model).encode())
+        )
+        for artifact in model.artifacts:
+            if base_hashes.get(artifact.path) == artifact.sha256:
+                from_base.append(BundleFile(path=f"models/{artifact.path}", sha256=artifact.sha256,
+                                            size=artifact.size))  # fmt: skip
+                continue
+            entries.append(Entry(f"models/{artifact.path}", source=store.root / artifact.path,
+                                 expected_sha256=artifact.sha256))  # fmt: skip
+    for name in LOCK_FILES:
+        lock = locks_dir / name
+        if not lock.is_file():
+            raise OfflineAsrError(
+                f"{lock} not found: a bundle carries the lock files; run from the checkout "
+                "or pass --locks-from DIR"
+            )
+        entries.append(Entry(f"locks/{name}", source=lock))
+    if wheels is not None:
+        entries.extend(Entry(f"wheels/{w.name}", source=w) for w in sorted(wheels.glob("*.whl")))
+    return sorted(entries, key=lambda e: e.arcname), from_base
+
+
+class _HashingReader:
+    """Reads a file for tarfile while hashing it and advancing the progress bar."""
+
+    def __init__(self, stream: BinaryIO, advance: Advance) -> None:
+        self.stream = stream
+        self.advance = advance
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        self.digest.update(chunk)
+        self.advance(len(chunk))
+        return chunk
+
+
+def _tarinfo(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _file_hashes(entries: list[Entry]) -> Iterator[BundleFile]:
+    for entry in entries:
+        if entry.data is not None:
+            digest = sha256_bytes(entry.data)
+        elif entry.expected_sha256 is not None:
+            digest = entry.expected_sha256  # verified against the manifest just before
+        else:
+            assert entry.source is not None
+            digest = hashlib.file_digest(entry.source.open("rb"), "sha256").hexdigest()
+        yield BundleFile(path=entry.arcname, sha256=digest, size=entry.size)
+
+
+def write_archive(entries: list[Entry], contents: BundleContents, out: Path, mtime: int) -> None:
+    """Stream bundle.json and the entries into a deterministic tar.zst."""
+    total = sum(entry.size for entry in entries)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_checksum=True)
+    head = contents.to_json().encode()
+    with (
+        out.open("wb") as raw,
+        compressor.stream_writer(raw, closefd=False) as zst,
+        tarfile.open(fileobj=zst, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+        byte_progress(f"packing {out.name}", total) as advance,
+    ):
+        tar.addfile(_tarinfo(CONTENTS_NAME, len(head), mtime), io.BytesIO(head))
+        for entry in entries:
+            info = _tarinfo(entry.arcname, entry.size, mtime)
+            if entry.data is not None:
+                tar.addfile(info, io.BytesIO(entry.data))
+                advance(entry.size)
+                continue
+            assert entry.source is not None
+            with entry.source.open("rb") as stream:
+                reader = _HashingReader(stream, advance)
+                tar.addfile(info, reader)
+            if entry.expected_sha256 and reader.digest.hexdigest() != entry.expected_sha256:
+                raise BundleError(f"{entry.source} changed while it was being packed; try again")
+
+
+def _encrypt(plain: Path, out: Path, recipients: list[str]) -> None:
+    try:
+        keys = [pyrage.x25519.Recipient.from_str(r) for r in recipients]
+    except pyrage.RecipientError as error:
+        raise OfflineAsrError(f"bad age recipient ({error}): expected age1...") from error
+    pyrage.encrypt_file(str(plain), str(out), keys)
+
+
+def build_bundle(
+    store: ModelStore,
+    out_dir: Path,
+    *,
+    model_ids: list[str] | None = None,
+    recipients: list[str] | None = None,
+    sign_key: Path | None = None,
+    base_manifest: Path | None = None,
+    locks_dir: Path = Path(),
+    wheels: Path | None = None,
+) -> BuildResult:
+    """Verify the chosen models, then pack exactly what the manifest lists (and locks, wheels)."""
+    full = store.load()
+    chosen = [store.get(full, i) for i in model_ids] if model_ids else full.models
+    if not chosen:
+        raise OfflineAsrError(f"{store.manifest_path} lists no models: nothing to bundle")
+    broken = [r for r in verify_models(store.root, chosen) if not r.ok]
+    if broken:
+        names = ", ".join(
+            f"{r.model_id} ({r.problems[0].path}: {r.problems[0].problem})" for r in broken
+        )
+        raise BundleError(f"the store does not match the manifest: {names}. Run `models verify`.")
+    manifest = full.model_copy(update={"models": chosen})
+    base = None
+    if base_manifest is not None:
+        try:
+            base = Manifest.model_validate_json(base_manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise OfflineAsrError(
+                f"cannot read the base manifest {base_manifest}: {error}"
+            ) from error
+    entries, from_base = _entries(store, manifest, base, locks_dir, wheels)
+    name = bundle_name(manifest.manifest_version, encrypted=bool(recipients))
+    delta = base.manifest_version if base else None
+    entries.insert(0, Entry("INSTALL.txt", data=_install_text(name, manifest, delta).encode()))
+    contents = BundleContents(
+        manifest_version=manifest.manifest_version,
+        models=[m.id for m in chosen],
+        base_manifest_version=base.manifest_version if base else None,
+        files=list(_file_hashes(entries)),
+        from_base=from_base,
+    )
+    mtime = int(manifest.updated_at.timestamp()) if manifest.updated_at else 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / name
+    partial = out_dir / f".{final.name}.partial"
+    try:
+        write_archive(entries, contents, partial, mtime)
+        if recipients:
+            encrypted = partial.with_name(partial.name + ".age")
+            _encrypt(partial, encrypted, recipients)
+            partial.unlink()
+            partial = encrypted
+        partial.replace(final)
+    finally:
+        for leftover in out_dir.glob(f".{final.name}.partial*"):
+            leftover.unlink()
+    digest = hashlib.file_digest(final.open("rb"), "sha256").hexdigest()
+    final.with_name(final.name + ".sha256").write_text(f"{digest}  {final.name}\n")
+    signature = None
+    if sign_key is not None:
+        signature = final.with_name(final.name + SIGNATURE_SUFFIX)
+        statement = {
+            "bundle": final.name,
+            "sha256": digest,
+            "contents_sha256": sha256_bytes(contents.to_json().encode()),
+            "manifest_version": manifest.manifest_version,
+        }
+        sign(statement, sign_key, signature)
+    return BuildResult(final, digest, final.stat().st_size, contents, signature)
+
+
+def _install_text(name: str, manifest: Manifest, base_version: int | None) -> str:
+    delta = (
+        f"Delta over manifest_version {base_version}: install that release first.\n"
+        if base_version is not None
+        else ""
+    )
+    models = ", ".join(m.id for m in manifest.models)
+    return INSTALL_TEXT.format(
+        version=manifest.manifest_version, name=name, models=models, delta=delta
+    )
