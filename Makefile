@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test lint bench lock schema clean
+.PHONY: setup run test lint bench lock schema clean package-offline
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -38,6 +38,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# The offline bundle of every registered model: dist/offline_bundle_v{N}.tar.zst (+ .sha256).
+package-offline: setup
+	scripts/package_models.sh $(BUNDLE_ARGS)
 
 # Re-resolve after editing pyproject.toml; never edit the lock files by hand.
 lock: $(UV)
