@@ -28,7 +28,16 @@ run: setup
 	$(BIN)/offline-asr models verify
 	$(BIN)/offline-asr serve --model whisper-tiny.en --host 127.0.0.1 --port 8000
 
+# tests/test_web_page.py drives Debian's Chromium: installed here when missing and we are root.
 test: setup
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium: apt-get update -qq && apt-get install -y -qq chromium"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq chromium \
+			|| echo "installing chromium failed: tests/test_web_page.py will fail"; \
+	elif [ ! -x /usr/bin/chromium ]; then \
+		echo "/usr/bin/chromium is missing and we are not root: tests/test_web_page.py will fail"; \
+	fi
 	$(BIN)/pytest
 
 lint: setup
