@@ -99,6 +99,10 @@ class EngineError(OfflineAsrError):
     """The engine cannot load or run a model."""
 
 
+class UnsupportedLanguageError(EngineError):
+    """The request names a language the model does not have."""
+
+
 class TranscriptionEngine(ABC):
     """Load one manifest entry, verify its files, then transcribe audio with it.
 
@@ -149,7 +153,7 @@ class TranscriptionEngine(ABC):
             raise EngineError("load(model_id) must be called before transcribe()")
         options = options or DecodeOptions()
         if options.language is not None and options.language not in self.model.languages:
-            raise EngineError(
+            raise UnsupportedLanguageError(
                 f"model {self.model.id!r} does not know language {options.language!r} "
                 f"(it has: {', '.join(self.model.languages)})"
             )

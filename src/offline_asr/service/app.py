@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,12 +35,18 @@ from offline_asr.service.settings import ServiceSettings
 STATIC = Path(__file__).resolve().parent / "static"
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 MEDIA_TYPES = {"json": "application/json", "verbose_json": "application/json"}
+# A client's own X-Request-ID is kept when it is a plain token; anything else is replaced.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Multipart framing and the other form fields on top of the file itself.
 FORM_OVERHEAD = 64 * 1024
 
 
 class UploadLimit:
-    """Refuse bodies over the limit with 413: by Content-Length first, else while reading."""
+    """Refuse bodies over the limit with 413: by Content-Length first, else while reading.
+
+    It never raises into the app: errors raised from `receive` get wrapped on their way
+    through other middleware, so the limit is enforced on the ASGI messages instead.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -54,17 +61,26 @@ class UploadLimit:
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send)
             return
-        seen = 0
+        seen, refused = 0, False
 
         async def counted() -> Message:
+            # Past the limit the app sees a disconnect; its answer is replaced by the 413 below.
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise ApiError(413, self._message(), param="file", code="file_too_large")
-            return message
+            return {"type": "http.disconnect"} if seen > self.max_bytes else message
 
-        await self.app(scope, counted, send)
+        async def guarded(message: Message) -> None:
+            nonlocal refused
+            if seen <= self.max_bytes:
+                await send(message)
+            elif not refused:
+                refused = True
+                await self._refuse(send)
+
+        await self.app(scope, counted, guarded)
+        if seen > self.max_bytes and not refused:
+            await self._refuse(send)
 
     def _message(self) -> str:
         return f"upload larger than {self.max_bytes - FORM_OVERHEAD:,} bytes; send a smaller file"
@@ -125,7 +141,8 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
     async def request_context(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        given = request.headers.get("x-request-id", "")
+        request.state.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         request.state.model = "unknown"
         response = await call_next(request)
         response.headers["X-Request-ID"] = request.state.request_id
@@ -179,8 +196,12 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
             metrics.audio_seconds.labels(model).inc(result.duration)
 
         if stream:
+            # Wait for the first segment (or the end) so that bad input still gets a 4xx status.
+            first = await asyncio.wait_for(segments.get(), settings.request_timeout_s)
+            if first is None:
+                job.result()  # raises the error, if any, through the handlers
             return StreamingResponse(
-                _events(job, segments, observe, settings.request_timeout_s),
+                _events(first, job, segments, observe, settings.request_timeout_s),
                 media_type="text/event-stream",
             )
         try:
@@ -281,16 +302,25 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
 
 
 async def _events(
+    first: Segment | None,
     job: asyncio.Future[TranscriptionResult],
     segments: asyncio.Queue[Segment | None],
     observe: Callable[[TranscriptionResult], None],
     timeout: float,
 ) -> AsyncIterator[str]:
-    """Server-sent events as OpenAI streams them: text deltas, then the full text."""
+    """Server-sent events as OpenAI streams them: text deltas, then the full text.
+
+    The first delta loses its leading space, so the deltas add up to the final text.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while (segment := await asyncio.wait_for(segments.get(), deadline - loop.time())) is not None:
-        yield _event({"type": "transcript.text.delta", "delta": segment.text})
+    segment, sent = first, ""
+    while segment is not None:
+        delta = segment.text if sent else segment.text.lstrip()
+        sent += delta
+        if delta:
+            yield _event({"type": "transcript.text.delta", "delta": delta})
+        segment = await asyncio.wait_for(segments.get(), deadline - loop.time())
     try:
         result = job.result()
     except OfflineAsrError as error:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from offline_asr.asr.base import EngineError
+from offline_asr.asr.base import EngineError, UnsupportedLanguageError
 from offline_asr.audio import AudioError, AudioTooLargeError
 from offline_asr.errors import IntegrityError, ModelNotFoundError, OfflineAsrError
 
 
-class ApiError(Exception):
-    """An error answer: HTTP status, OpenAI error type, the parameter at fault, a code."""
+class ApiError(HTTPException):
+    """An error answer: HTTP status, OpenAI error type, the parameter at fault, a code.
+
+    An HTTPException, so that FastAPI passes it through unchanged even when it is raised while
+    the request body is being parsed (the upload limit does that).
+    """
 
     def __init__(
         self,
@@ -27,9 +31,9 @@ class ApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(status, message, headers)
         self.status, self.message, self.type = status, message, type_
-        self.param, self.code, self.headers = param, code, headers or {}
+        self.param, self.code = param, code
 
 
 def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
@@ -38,7 +42,7 @@ def error_body(message: str, type_: str, param: str | None, code: str | None) ->
 
 def _response(error: ApiError) -> JSONResponse:
     body = error_body(error.message, error.type, error.param, error.code)
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+    return JSONResponse(body, status_code=error.status, headers=error.headers or {})
 
 
 def from_domain(error: OfflineAsrError) -> ApiError:
@@ -51,6 +55,8 @@ def from_domain(error: OfflineAsrError) -> ApiError:
         return ApiError(404, str(error), param="model", code="model_not_found")
     if isinstance(error, IntegrityError):
         return ApiError(503, str(error), type_="server_error", code="model_integrity")
+    if isinstance(error, UnsupportedLanguageError):
+        return ApiError(400, str(error), param="language", code="unsupported_language")
     if isinstance(error, EngineError):
         return ApiError(400, str(error), code="unsupported")
     return ApiError(400, str(error))

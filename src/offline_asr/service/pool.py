@@ -73,8 +73,10 @@ class ModelPool:
         if not self.lazy_load:
             served = ", ".join(sorted(self._loaded)) or "none"
             raise ModelNotFoundError(f"model {model_id!r} is not served here (served: {served})")
-        if model_id != AUTO_MODEL:
-            self.store.get(self.manifest, model_id)
+        if model_id != AUTO_MODEL and self.manifest.get(model_id) is None:
+            raise ModelNotFoundError(
+                f"model {model_id!r} does not exist; GET /v1/models lists the models served here"
+            )
 
     def get(self, model_id: str) -> Transcriber:
         """The loaded model, loading it now if allowed (call from a worker thread)."""
