@@ -1,7 +1,8 @@
 """Run every `bench/bench_*.py` and write `bench/results/latest.json` and `latest.md`.
 
 Each module has `run() -> list[dict]`; a row has `benchmark`, `case`, `ours`, `baseline`,
-`unit` and `ratio` (ours relative to the baseline measured in the same run; >1 is better).
+`unit` and `ratio` (ours relative to the baseline measured in the same run; each row's `unit`
+says which way is better: throughput ratios want > 1, time ratios < 1).
 """
 
 from __future__ import annotations
