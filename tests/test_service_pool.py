@@ -38,5 +38,5 @@ def test_without_lazy_loading_only_preloaded_models_are_served(full_store: Model
     pool.preload(["gigaam-v3-ctc-testtiny"])
     with pytest.raises(ModelNotFoundError, match="not served here"):
         pool.check("whisper-tiny.en")
-    with pytest.raises(ModelNotFoundError, match="no model 'nope'"):
+    with pytest.raises(ModelNotFoundError, match="model 'nope' does not exist"):
         _pool(full_store, lazy=True).check("nope")

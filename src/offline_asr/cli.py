@@ -42,6 +42,11 @@ bundle_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(bundle_app, name="bundle")
+env_app = typer.Typer(
+    help="The Python environment: check it against the lock, pack it for offline machines.",
+    no_args_is_help=True,
+)
+app.add_typer(env_app, name="env")
 app.add_typer(audit_app, name="audit")
 
 # Wide enough for tables when piped; a terminal uses its own width.
@@ -73,6 +78,9 @@ PublicKeyOption = Annotated[
         envvar="OFFLINE_ASR_BUNDLE_PUBLIC_KEY",
         help="Ed25519 public key; when set, bundles must carry a valid signature",
     ),
+]
+LockOption = Annotated[
+    Path, typer.Option("--lock", help="Hash-pinned requirements lock to compare with or pack")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -653,3 +661,83 @@ def bundle_keygen(
 
     key_id = generate_keypair(private, public)
     out.print(f"wrote {private} and {public} (key id {key_id})")
+
+
+@app.command("doctor")
+@reports_errors
+def doctor(
+    target: TargetOption = None,
+    lock: Annotated[
+        Path | None,
+        typer.Option(help="Lock file (default: the release's locks/, else ./requirements.lock)"),
+    ] = None,
+    json_: JsonOption = False,
+    manifest: ManifestOption = None,
+) -> None:
+    """Environment vs the lock, models vs the manifest, smoke tests vs their golden outputs:
+    a verdict and the next steps. Exit code 1 when anything fails."""
+    from dataclasses import asdict
+
+    from offline_asr.doctor import run_doctor
+
+    store = _store(manifest, target)
+    default_lock = target / "current" / "locks" / "requirements.lock" if target else None
+    report = run_doctor(store, lock or default_lock or Path("requirements.lock"))
+    if json_:
+        payload = {"ok": report.ok, "checks": [asdict(c) for c in report.checks],
+                   "next_steps": report.next_steps()}  # fmt: skip
+        out.print_json(json.dumps(payload, ensure_ascii=False))
+    else:
+        table = Table(title=f"offline-asr doctor: {store.manifest_path}")
+        for column in ("area", "subject", "status", "detail"):
+            table.add_column(column, overflow="fold")
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for check in report.checks:
+            status = f"[{colours[check.status]}]{check.status.upper()}[/]"
+            table.add_row(check.area, check.subject, status, check.detail)
+        out.print(table)
+        verdict = "[green]HEALTHY[/]" if report.ok else "[red]NOT HEALTHY[/]"
+        out.print(f"verdict: {verdict}")
+        for step in report.next_steps():
+            out.print(f"  next: {step}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@env_app.command("check")
+@reports_errors
+def env_check(
+    json_: JsonOption = False,
+    lock: LockOption = Path("requirements.lock"),
+    manifest: ManifestOption = None,
+) -> None:
+    """Python, packages, CTranslate2, ONNX Runtime, FFmpeg, CUDA, CPU ISA and free disk
+    against the lock; exit 1 on a mismatch that matters, with what to do about it."""
+    from offline_asr.envcheck import check_environment
+
+    report = check_environment(lock, _store(manifest).root)
+    if json_:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        out.print(report.render_table())
+    if not report.ok:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@env_app.command("pack")
+@reports_errors
+def env_pack(
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder")] = Path("envs"),
+    lock: LockOption = Path("requirements.lock"),
+    platform_tag: Annotated[
+        str | None,
+        typer.Option(help="cpu or cuda12 (default: cuda12 when a CUDA device is visible)"),
+    ] = None,
+) -> None:
+    """Wheelhouse + lock + INSTALL.txt as envs/python{XY}_{cpu|cuda12}.tar.gz (+ .sha256),
+    for `pip install --no-index --require-hashes` on a machine without network."""
+    from offline_asr.envpack import pack_environment
+
+    result = pack_environment(lock, out_dir, platform_tag=platform_tag)
+    out.print(f"wrote {result.archive} ({result.size:,} bytes, {len(result.wheels)} wheels)")
+    out.print(f"sha256 {result.sha256} ({result.checksum_file.name})", highlight=False)

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 
@@ -180,6 +181,15 @@ class Manifest(_Strict):
     def to_json(self) -> str:
         """Canonical text: 2-space indent, no null fields, trailing newline."""
         return self.model_dump_json(indent=2, exclude_none=True) + "\n"
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One indented line per problem: where, then what (no links to pydantic's site)."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
 
 
 def manifest_json_schema() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from offline_asr.schemas import Sha256
+from offline_asr.schemas import Sha256, StorePath
 
 BUNDLE_FORMAT = 1
 CONTENTS_NAME = "bundle.json"
@@ -14,7 +14,7 @@ MANIFEST_IN_BUNDLE = "models/manifest.json"
 class BundleFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str
+    path: StorePath
     sha256: Sha256
     size: int = Field(ge=0)
 

@@ -3,7 +3,8 @@
 Layout of a target: `releases/v{N}/` (one per installed bundle), `current` (a symlink to one of
 them, switched with a rename, so a reader sees the old or the new release, never a mix) and
 `.install.lock`. A killed install leaves only a `releases/.staging-*` folder that the next
-install removes; `current` never moves before the new release is complete and verified.
+install removes (a `releases/v{N}` that a kill left complete but not current is replaced by the
+next install of that bundle); `current` never moves before the new release is verified.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import IO, Any
 
 import pyrage
 import zstandard
+from pydantic import ValidationError
 
 from offline_asr.bundle.build import sha256_bytes
 from offline_asr.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
@@ -33,7 +36,7 @@ from offline_asr.errors import OfflineAsrError
 from offline_asr.progress import byte_progress
 from offline_asr.registry.integrity import sha256_file, verify_models
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import check_store_path
+from offline_asr.schemas import check_store_path, describe_validation_error
 
 AGE_MAGIC = b"age-encryption.org/v1"
 RELEASE = re.compile(r"^v(\d+)$")
@@ -65,7 +68,10 @@ def check_sidecars(bundle: Path, public_key: Path | None) -> tuple[str, dict[str
     sidecar = bundle.with_name(bundle.name + ".sha256")
     if not sidecar.is_file():
         raise BundleError(f"{sidecar.name} is missing: copy it along with the bundle")
-    expected = sidecar.read_text(encoding="utf-8").split()[0].lower()
+    fields = sidecar.read_text(encoding="utf-8").split()
+    if not fields:
+        raise BundleError(f"{sidecar.name} is empty: copy it again along with the bundle")
+    expected = fields[0].lower()
     actual = sha256_file(bundle).sha256
     if actual != expected:
         raise BundleError(
@@ -100,12 +106,14 @@ def _plain_archive(bundle: Path, identity: Path | None, scratch: Path) -> Iterat
         raise OfflineAsrError(f"{identity} holds no AGE-SECRET-KEY line")
     plain = scratch / "bundle.tar.zst"
     try:
-        pyrage.decrypt_file(str(bundle), str(plain), keys)
-    except pyrage.DecryptError as error:
-        raise BundleError(
-            f"cannot decrypt {bundle.name} with {identity}: it was encrypted to another key"
-        ) from error
-    try:
+        try:
+            pyrage.decrypt_file(str(bundle), str(plain), keys)
+        except pyrage.DecryptError as error:
+            raise BundleError(
+                f"cannot decrypt {bundle.name} with {identity}: it was encrypted to another key"
+            ) from error
+        except OSError as error:
+            raise BundleError(f"cannot decrypt {bundle.name} into {scratch}: {error}") from error
         yield plain
     finally:
         plain.unlink(missing_ok=True)
@@ -146,8 +154,16 @@ def _read_contents(tar: tarfile.TarFile) -> tuple[BundleContents, bytes]:
     raw = stream.read()
     try:
         return BundleContents.model_validate_json(raw), raw
-    except ValueError as error:
-        raise BundleError(f"{CONTENTS_NAME} is not valid: {error}") from error
+    except ValidationError as error:
+        raise BundleError(
+            f"{CONTENTS_NAME} is not valid:\n{describe_validation_error(error)}"
+        ) from error
+
+
+def _space_needed(contents: BundleContents) -> int:
+    """Bytes the release takes on disk: each file rounded up to 4 KiB blocks, plus 1 MiB."""
+    files = [*contents.files, *contents.from_base]
+    return sum(-(-f.size // 4096) * 4096 for f in files) + (1 << 20)
 
 
 def unpack(
@@ -165,9 +181,10 @@ def unpack(
             tarfile.open(fileobj=zst, mode="r|") as tar,
         ):
             contents, raw_contents = _read_contents(tar)
-            if free_bytes is not None and contents.size > free_bytes:
+            needed = _space_needed(contents)
+            if free_bytes is not None and needed > free_bytes:
                 raise BundleError(
-                    f"not enough disk space: the release needs {contents.size:,} bytes, "
+                    f"not enough disk space: the release needs about {needed:,} bytes, "
                     f"{free_bytes:,} are free"
                 )
             listed = {f.path: f for f in contents.files}
@@ -188,6 +205,10 @@ def unpack(
                         raise BundleError(f"{path} differs from its sha256 in {CONTENTS_NAME}")
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as error:
         raise BundleError(f"{archive.name} is damaged or truncated: {error}") from error
+    except OSError as error:
+        raise BundleError(
+            f"cannot write the release ({error.strerror}); nothing was switched"
+        ) from error
     missing = sorted(set(listed) - seen)
     if missing:
         raise BundleError(f"the bundle lacks {', '.join(missing)}, which {CONTENTS_NAME} lists")
@@ -201,13 +222,12 @@ def verify_bundle(
     _, statement = check_sidecars(bundle, public_key)
     if is_encrypted(bundle) and identity is None:
         return None
-    scratch = bundle.parent / f".verify-{os.getpid()}"
-    scratch.mkdir(exist_ok=True)
-    try:
-        with _plain_archive(bundle, identity, scratch) as archive:
-            contents, raw = unpack(archive, None)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # Decrypted copies go to a temporary folder: the bundle may sit on read-only media.
+    with (
+        tempfile.TemporaryDirectory(prefix="offline-asr-verify-") as scratch,
+        _plain_archive(bundle, identity, Path(scratch)) as archive,
+    ):
+        contents, raw = unpack(archive, None)
     _check_signed_contents(statement, raw)
     return contents
 
@@ -278,7 +298,7 @@ def install_bundle(
         staging = releases / f".staging-{os.getpid()}"
         staging.mkdir()
         try:
-            with _plain_archive(bundle, identity, releases) as archive:
+            with _plain_archive(bundle, identity, staging) as archive:
                 free = shutil.disk_usage(releases).free
                 contents, raw = unpack(archive, staging, free_bytes=free)
             _check_signed_contents(statement, raw)
@@ -305,13 +325,18 @@ def install_bundle(
             }, indent=2) + "\n")  # fmt: skip
             final = releases / f"v{contents.manifest_version}"
             if final.exists():
-                raise OfflineAsrError(
-                    f"release v{contents.manifest_version} is already installed in {target}; "
-                    "use `bundle rollback` or remove it with `bundle prune`"
-                )
+                if final.resolve() == (target / "current").resolve():
+                    raise OfflineAsrError(
+                        f"release v{contents.manifest_version} is already the current one in "
+                        f"{target}; nothing to do"
+                    )
+                # An earlier install died before switching, or it was rolled back from: the
+                # freshly verified copy replaces it.
+                final.rename(releases / f".staging-replaced-{os.getpid()}")
             staging.rename(final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(releases / f".staging-replaced-{os.getpid()}", ignore_errors=True)
         switch_current(target, final)
     return next(r for r in list_releases(target) if r.version == contents.manifest_version)
 

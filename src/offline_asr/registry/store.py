@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from offline_asr.constants import CHANGELOG_NAME, LOCK_NAME, STAGING_DIR
 from offline_asr.errors import ManifestError, ModelNotFoundError, StoreError
-from offline_asr.schemas import Manifest, ModelMetadata
+from offline_asr.schemas import Manifest, ModelMetadata, describe_validation_error
 
 
 @dataclass
@@ -86,14 +86,6 @@ def _umask() -> int:
     return current
 
 
-def _format_validation(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {item['msg']}")
-    return "\n".join(lines)
-
-
 class ModelStore:
     """A manifest file and the folder it describes (its parent)."""
 
@@ -123,8 +115,9 @@ class ModelStore:
         try:
             return Manifest.model_validate(data)
         except ValidationError as error:
+            problems = describe_validation_error(error)
             raise ManifestError(
-                f"{self.manifest_path} breaks the manifest schema:\n{_format_validation(error)}"
+                f"{self.manifest_path} breaks the manifest schema:\n{problems}"
             ) from error
 
     def get(self, manifest: Manifest, model_id: str) -> ModelMetadata:

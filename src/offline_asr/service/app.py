@@ -195,20 +195,28 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
             metrics.latency.labels(model).observe(loop.time() - started)
             metrics.audio_seconds.labels(model).inc(result.duration)
 
+        deadline = started + settings.request_timeout_s
+
+        def timed_out() -> ApiError:
+            message = f"transcription took longer than {settings.request_timeout_s} s"
+            return ApiError(504, message, type_="server_error", code="timeout")
+
         if stream:
             # Wait for the first segment (or the end) so that bad input still gets a 4xx status.
-            first = await asyncio.wait_for(segments.get(), settings.request_timeout_s)
+            try:
+                first = await asyncio.wait_for(segments.get(), deadline - loop.time())
+            except TimeoutError:
+                raise timed_out() from None
             if first is None:
                 job.result()  # raises the error, if any, through the handlers
             return StreamingResponse(
-                _events(first, job, segments, observe, settings.request_timeout_s),
+                _events(first, job, segments, observe, deadline),
                 media_type="text/event-stream",
             )
         try:
-            result = await asyncio.wait_for(asyncio.shield(job), settings.request_timeout_s)
+            result = await asyncio.wait_for(asyncio.shield(job), deadline - loop.time())
         except TimeoutError:
-            message = f"transcription took longer than {settings.request_timeout_s} s"
-            raise ApiError(504, message, type_="server_error", code="timeout") from None
+            raise timed_out() from None
         observe(result)
         body = render(result, response_format)
         return Response(body, media_type=MEDIA_TYPES.get(response_format, "text/plain"))
@@ -306,21 +314,25 @@ async def _events(
     job: asyncio.Future[TranscriptionResult],
     segments: asyncio.Queue[Segment | None],
     observe: Callable[[TranscriptionResult], None],
-    timeout: float,
+    deadline: float,
 ) -> AsyncIterator[str]:
     """Server-sent events as OpenAI streams them: text deltas, then the full text.
 
     The first delta loses its leading space, so the deltas add up to the final text.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     segment, sent = first, ""
     while segment is not None:
         delta = segment.text if sent else segment.text.lstrip()
         sent += delta
         if delta:
             yield _event({"type": "transcript.text.delta", "delta": delta})
-        segment = await asyncio.wait_for(segments.get(), deadline - loop.time())
+        try:
+            segment = await asyncio.wait_for(segments.get(), deadline - loop.time())
+        except TimeoutError:
+            message = "transcription ran past the request time limit"
+            yield _event(error_body(message, "server_error", None, "timeout"))
+            return
     try:
         result = job.result()
     except OfflineAsrError as error:

@@ -1,0 +1,86 @@
+"""`offline-asr doctor`: the one command an operator runs on an air-gapped host.
+
+Environment against the lock, every artifact against the manifest, every smoke test against its
+golden output; a summary with a verdict and what to do next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from offline_asr.envcheck import check_environment
+from offline_asr.errors import OfflineAsrError
+from offline_asr.registry.integrity import verify_models
+from offline_asr.registry.store import ModelStore
+from offline_asr.smoke import check_smoke
+
+Status = Literal["ok", "warn", "fail"]
+
+
+@dataclass
+class Check:
+    area: str
+    subject: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.status != "fail" for check in self.checks)
+
+    def next_steps(self) -> list[str]:
+        return list(dict.fromkeys(c.fix for c in self.checks if c.status == "fail" and c.fix))
+
+
+def run_doctor(store: ModelStore, lock: Path) -> DoctorReport:
+    """Run every check; a failing area does not stop the others."""
+    report = DoctorReport()
+    environment = check_environment(lock, store.root)
+    for finding in environment.findings:
+        if finding.level != "ok":
+            report.checks.append(
+                Check("environment", finding.topic, finding.level, finding.detail, finding.fix)
+            )
+    if environment.ok:
+        report.checks.append(Check("environment", "packages", "ok", f"match {lock}"))
+    try:
+        manifest = store.load()
+    except OfflineAsrError as error:
+        report.checks.append(Check("models", str(store.manifest_path), "fail", str(error),
+                                   "restore the manifest from the bundle"))  # fmt: skip
+        return report
+    verified = {r.model_id: r for r in verify_models(store.root, manifest.models)}
+    for model in manifest.models:
+        integrity = verified[model.id]
+        if not integrity.ok:
+            problems = "; ".join(f"{p.path}: {p.problem}" for p in integrity.problems)
+            report.checks.append(Check("integrity", model.id, "fail", problems,
+                                       "reinstall the bundle or `bundle rollback`"))  # fmt: skip
+            continue
+        report.checks.append(
+            Check("integrity", model.id, "ok", f"{integrity.files_checked} files verified")
+        )
+        if model.smoke is None:
+            report.checks.append(Check("smoke", model.id, "warn", "no smoke test recorded"))
+            continue
+        try:
+            smoke = check_smoke(store, model, manifest.manifest_version)
+        except OfflineAsrError as error:
+            report.checks.append(Check("smoke", model.id, "fail", str(error)))
+            continue
+        bound = "" if smoke.max_wer is None else f" (bound {smoke.max_wer})"
+        if smoke.ok:
+            detail = f"WER {smoke.wer:.2f}{bound}, golden output matches"
+            report.checks.append(Check("smoke", model.id, "ok", detail))
+        else:
+            fix = "align the runtime with the recording (see detail), or re-prepare the model"
+            report.checks.append(Check("smoke", model.id, "fail", "; ".join(smoke.problems), fix))
+    return report

@@ -1,0 +1,178 @@
+"""Helpers for the bundle tests: the CLI in-process, hand-made archives, install-target state."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+from typer.testing import CliRunner
+
+from offline_asr.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
+from offline_asr.cli import app
+from offline_asr.registry.store import ModelStore
+
+
+@dataclass
+class Outcome:
+    """What one CLI run printed and returned."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None
+
+    @property
+    def text(self) -> str:
+        """stdout and stderr with every run of whitespace made one space (rich may wrap)."""
+        return " ".join((self.stdout + "\n" + self.stderr).split())
+
+
+def invoke(
+    *args: str | Path, env: dict[str, str] | None = None, catch_exceptions: bool = False
+) -> Outcome:
+    """Run `offline-asr ARGS` in-process (no `--manifest` is added)."""
+    result = CliRunner().invoke(
+        app, [str(arg) for arg in args], env=env, catch_exceptions=catch_exceptions
+    )
+    return Outcome(result.exit_code, result.stdout, result.stderr, result.exception)
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def copy_store(source: ModelStore, dest: Path, *, without: Iterable[str] = ()) -> ModelStore:
+    """Copy a store (its folder's parent, so the CHANGELOG comes along), leaving out the model
+    folders in `without` (paths relative to the store)."""
+    skipped = {(source.root / folder).resolve() for folder in without}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return {name for name in names if (Path(folder) / name).resolve() in skipped}
+
+    shutil.copytree(source.root.parent, dest, ignore=ignore)
+    return ModelStore(dest / source.root.name / source.manifest_path.name)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every folder, file (with sha256) and symbolic link (with its target) under `root`."""
+    state: dict[str, str] = {}
+    for folder, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(folder, name)
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                state[relative] = "symlink -> " + path.readlink().as_posix()
+            elif path.is_dir():
+                state[relative] = "folder"
+            else:
+                state[relative] = sha256_of(path)
+    return state
+
+
+# --- hand-made archives ----------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """One tar entry and its bytes."""
+
+    info: tarfile.TarInfo
+    data: bytes = b""
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+def read_members(bundle: Path) -> list[Member]:
+    """Every entry of a plain (not encrypted) bundle, in archive order, with its bytes."""
+    members = []
+    with (
+        bundle.open("rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as zst,
+        tarfile.open(fileobj=zst, mode="r|") as tar,
+    ):
+        for info in tar:
+            stream = tar.extractfile(info)
+            members.append(Member(info, stream.read() if stream is not None else b""))
+    return members
+
+
+def contents_of(bundle: Path) -> BundleContents:
+    """bundle.json of a plain bundle (read without unpacking the rest)."""
+    with (
+        bundle.open("rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as zst,
+        tarfile.open(fileobj=zst, mode="r|") as tar,
+    ):
+        head = tar.next()
+        assert head is not None and head.name == CONTENTS_NAME, head
+        stream = tar.extractfile(head)
+        assert stream is not None
+        return BundleContents.model_validate_json(stream.read())
+
+
+def regular(name: str, data: bytes) -> Member:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0
+    return Member(info, data)
+
+
+def special(name: str, kind: bytes, linkname: str = "") -> Member:
+    """A symbolic link, hard link, device or FIFO entry."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode, info.mtime = kind, linkname, 0o644, 0
+    if kind == tarfile.CHRTYPE:
+        info.devmajor, info.devminor = 1, 3  # /dev/null
+    return Member(info, b"")
+
+
+def relisted(members: list[Member], listed: list[Member] | None = None) -> list[Member]:
+    """The members with a new bundle.json first, listing `listed` (default: every regular
+    member after the head) with their real sha256 and size; other fields are kept."""
+    head, rest = members[0], members[1:]
+    contents = BundleContents.model_validate_json(head.data)
+    chosen = listed if listed is not None else [m for m in rest if m.info.isfile()]
+    files = [
+        BundleFile.model_construct(
+            path=m.name, sha256=hashlib.sha256(m.data).hexdigest(), size=len(m.data)
+        )
+        for m in chosen
+    ]
+    return [regular(CONTENTS_NAME, contents.model_copy(update={"files": files}).to_json().encode()),
+            *rest]  # fmt: skip
+
+
+def write_bundle(members: list[Member], out: Path) -> Path:
+    """Write the members as a tar.zst at `out` with a matching `.sha256` sidecar."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        out.open("wb") as raw,
+        zstandard.ZstdCompressor(write_checksum=True).stream_writer(raw, closefd=False) as zst,
+        tarfile.open(fileobj=zst, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for member in members:
+            tar.addfile(member.info, io.BytesIO(member.data) if member.info.isfile() else None)
+    write_sidecar(out)
+    return out
+
+
+def write_sidecar(bundle: Path) -> None:
+    """A `.sha256` file that matches the bundle as it is now (for damaged copies)."""
+    bundle.with_name(bundle.name + ".sha256").write_text(f"{sha256_of(bundle)}  {bundle.name}\n")
+
+
+def copy_bundle(bundle: Path, folder: Path) -> Path:
+    """Copy a bundle with its sidecars (.sha256, .sig when present) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in bundle.parent.glob(bundle.name + "*"):
+        shutil.copy2(path, folder / path.name)
+    return folder / bundle.name
