@@ -1,0 +1,57 @@
+"""`doctor` on an installed target: healthy after install and rollback, and says what to do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from offline_asr.registry.store import ModelStore
+from support.bundles import copy_store, invoke
+from support.helpers import REPO
+
+GIGAAM = "gigaam-v3-ctc-testtiny"
+
+
+def _build(store: ModelStore, out: Path, *models: str) -> Path:
+    args = [arg for model in models for arg in ("--models", model)]
+    result = invoke("bundle", "build", "--out", out, "--locks-from", REPO, *args,
+                    "--manifest", store.manifest_path)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return next(out.glob("offline_bundle_v*.tar.zst"))
+
+
+def test_doctor_after_install_and_rollback(full_store: ModelStore, tmp_path: Path) -> None:
+    base = full_store.get(full_store.load(), "whisper-base").path
+    store = copy_store(full_store, tmp_path / "store", without=[base])
+    old = _build(store, tmp_path / "old", GIGAAM)
+    # A second release: whisper-base leaves the registry (manifest_version + 1).
+    assert (
+        invoke("models", "remove", "whisper-base", "--manifest", store.manifest_path).exit_code == 0
+    )
+    new = _build(store, tmp_path / "new", GIGAAM, "whisper-tiny.en")
+    target = tmp_path / "target"
+    for bundle in (old, new):
+        assert invoke("bundle", "install", bundle, "--target", target).exit_code == 0
+    assert invoke("bundle", "rollback", "--target", target).exit_code == 0
+
+    healthy = invoke("doctor", "--target", target, "--json")
+    assert healthy.exit_code == 0, healthy.stdout + healthy.stderr
+    report = json.loads(healthy.stdout)
+    assert report["ok"] and report["next_steps"] == []
+    checked = {(c["area"], c["subject"]) for c in report["checks"]}
+    assert ("smoke", GIGAAM) in checked and ("integrity", GIGAAM) in checked
+    assert ("integrity", "whisper-tiny.en") not in checked  # only in the newer release
+
+    onnx = target / "current" / "models" / "gigaam" / "v3-ctc-testtiny" / "v3_ctc.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[100] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    sick = invoke("doctor", "--target", target)
+    assert sick.exit_code == 1
+    assert "NOT HEALTHY" in sick.stdout and "v3_ctc.onnx" in sick.stdout
+    assert "reinstall the bundle or `bundle rollback`" in sick.stdout
+
+
+def test_doctor_without_an_installed_release_says_so(tmp_path: Path) -> None:
+    result = invoke("doctor", "--target", tmp_path / "empty")
+    assert result.exit_code == 2 and "install a bundle" in result.stderr
