@@ -108,9 +108,7 @@ def run() -> list[dict[str, Any]]:
         full_size = bundle.stat().st_size
     return [
         _row("build: bundle build vs tar -I 'zstd -T0 -3'", build_ours, build_tool, size),
-        _row(
-            "install: bundle install vs tar -xf + sha256sum -c", install_ours, install_tool, size
-        ),
+        _row("install: bundle install vs tar -xf + sha256sum -c", install_ours, install_tool, size),
         {
             "benchmark": "bundle",
             "case": "delta (one model of three changed) vs full bundle",
