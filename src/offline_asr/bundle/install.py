@@ -9,7 +9,6 @@ next install of that bundle); `current` never moves before the new release is ve
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from offline_asr.bundle.contents import CONTENTS_NAME, BundleContents, BundleFil
 from offline_asr.bundle.errors import BundleError
 from offline_asr.bundle.signing import SIGNATURE_SUFFIX, verify
 from offline_asr.errors import OfflineAsrError
+from offline_asr.locking import exclusive
 from offline_asr.progress import byte_progress
 from offline_asr.registry.integrity import sha256_file, verify_models
 from offline_asr.registry.store import ModelStore
@@ -237,20 +237,11 @@ def _check_signed_contents(statement: dict[str, Any] | None, raw: bytes) -> None
         raise BundleError(f"the signed {CONTENTS_NAME} differs from the one in the bundle")
 
 
-@contextmanager
-def _install_lock(target: Path) -> Iterator[None]:
-    target.mkdir(parents=True, exist_ok=True)
-    with (target / ".install.lock").open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise OfflineAsrError(
-                f"another install or rollback is running on {target}; wait for it to finish"
-            ) from error
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _install_lock(target: Path) -> AbstractContextManager[None]:
+    busy = OfflineAsrError(
+        f"another install or rollback is running on {target}; wait for it to finish"
+    )
+    return exclusive(target / ".install.lock", busy)
 
 
 def switch_current(target: Path, release: Path) -> None:

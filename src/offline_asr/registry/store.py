@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +16,7 @@ from pydantic import ValidationError
 
 from offline_asr.constants import CHANGELOG_NAME, LOCK_NAME, STAGING_DIR
 from offline_asr.errors import ManifestError, ModelNotFoundError, StoreError
+from offline_asr.locking import exclusive
 from offline_asr.schemas import Manifest, ModelMetadata, describe_validation_error
 
 
@@ -130,21 +129,10 @@ class ModelStore:
             )
         return model
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> AbstractContextManager[None]:
         """Hold the store's write lock; a second writer fails at once instead of racing."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / LOCK_NAME).open("a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                raise StoreError(
-                    f"another offline-asr process is changing {self.root}; wait for it to finish"
-                ) from error
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        busy = StoreError(f"another offline-asr process is changing {self.root}; wait for it")
+        return exclusive(self.root / LOCK_NAME, busy)
 
     def save(self, manifest: Manifest, changes: list[ManifestChange]) -> Manifest:
         """Bump `manifest_version`, write the manifest atomically, then log to the CHANGELOG."""
