@@ -55,3 +55,24 @@ def test_doctor_after_install_and_rollback(full_store: ModelStore, tmp_path: Pat
 def test_doctor_without_an_installed_release_says_so(tmp_path: Path) -> None:
     result = invoke("doctor", "--target", tmp_path / "empty")
     assert result.exit_code == 2 and "install a bundle" in result.stderr
+
+
+def test_a_store_that_differs_from_its_manifest_is_not_bundled(
+    full_store: ModelStore, tmp_path: Path
+) -> None:
+    base = full_store.get(full_store.load(), "whisper-base").path
+    store = copy_store(full_store, tmp_path / "store", without=[base])
+    onnx = store.root / "gigaam" / "v3-ctc-testtiny" / "v3_ctc.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[200] ^= 0x01
+    onnx.write_bytes(bytes(data))
+    out = tmp_path / "dist"
+    result = invoke("bundle", "build", "--out", out, "--locks-from", REPO, "--models", GIGAAM,
+                    "--manifest", store.manifest_path)  # fmt: skip
+    assert result.exit_code == 1
+    assert "v3_ctc.onnx does not match its sha256" in result.stderr
+    assert not any(out.iterdir()), "no partial bundle is left behind"
+    onnx.unlink()
+    result = invoke("bundle", "build", "--out", out, "--locks-from", REPO, "--models", GIGAAM,
+                    "--manifest", store.manifest_path)  # fmt: skip
+    assert result.exit_code == 1 and "missing" in result.stderr

@@ -28,7 +28,7 @@ from offline_asr.bundle.signing import SIGNATURE_SUFFIX, sign
 from offline_asr.constants import CHECKSUM_NAME
 from offline_asr.errors import OfflineAsrError
 from offline_asr.progress import Advance, byte_progress
-from offline_asr.registry.integrity import checksum_text, verify_models
+from offline_asr.registry.integrity import checksum_text, symlink_on_path
 from offline_asr.registry.store import ModelStore
 from offline_asr.schemas import Manifest
 
@@ -143,7 +143,7 @@ def _file_hashes(entries: list[Entry]) -> Iterator[BundleFile]:
         if entry.data is not None:
             digest = sha256_bytes(entry.data)
         elif entry.expected_sha256 is not None:
-            digest = entry.expected_sha256  # verified against the manifest just before
+            digest = entry.expected_sha256  # checked against the bytes while packing
         else:
             assert entry.source is not None
             digest = hashlib.file_digest(entry.source.open("rb"), "sha256").hexdigest()
@@ -173,7 +173,10 @@ def write_archive(entries: list[Entry], contents: BundleContents, out: Path, mti
                 reader = _HashingReader(stream, advance)
                 tar.addfile(info, reader)
             if entry.expected_sha256 and reader.digest.hexdigest() != entry.expected_sha256:
-                raise BundleError(f"{entry.source} changed while it was being packed; try again")
+                raise BundleError(
+                    f"{entry.arcname} does not match its sha256 in the manifest; run "
+                    "`models verify` and fix the store before building a bundle"
+                )
 
 
 def _encrypt(plain: Path, out: Path, recipients: list[str]) -> None:
@@ -195,17 +198,28 @@ def build_bundle(
     locks_dir: Path = Path(),
     wheels: Path | None = None,
 ) -> BuildResult:
-    """Verify the chosen models, then pack exactly what the manifest lists (and locks, wheels)."""
+    """Pack exactly what the manifest lists (and locks, wheels), checking every artifact.
+
+    Nothing is left behind on failure: the archive is written under a temporary name.
+    """
     full = store.load()
     chosen = [store.get(full, i) for i in model_ids] if model_ids else full.models
     if not chosen:
         raise OfflineAsrError(f"{store.manifest_path} lists no models: nothing to bundle")
-    broken = [r for r in verify_models(store.root, chosen) if not r.ok]
-    if broken:
-        names = ", ".join(
-            f"{r.model_id} ({r.problems[0].path}: {r.problems[0].problem})" for r in broken
-        )
-        raise BundleError(f"the store does not match the manifest: {names}. Run `models verify`.")
+    # Every artifact is hashed while it is packed and must match the manifest (write_archive):
+    # one read of each file, not a verification pass and then a packing pass.
+    for model in chosen:
+        for artifact in model.artifacts:
+            path = store.root / artifact.path
+            if symlink_on_path(store.root, artifact.path) or not path.is_file():
+                raise BundleError(
+                    f"{artifact.path} of {model.id!r} is missing or a link; run `models verify`"
+                )
+            if path.stat().st_size != artifact.size:
+                raise BundleError(
+                    f"{artifact.path} of {model.id!r} has another size than the manifest says; "
+                    "run `models verify`"
+                )
     manifest = full.model_copy(update={"models": chosen})
     base = None
     if base_manifest is not None:
