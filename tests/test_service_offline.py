@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
+import pyrage
 import pytest
 
 from offline_asr.constants import CLIPS_DIR
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.server import OFFLINE_ENV
 from offline_asr.smoke import word_error_rate
+from support.helpers import REPO
 from support.server import Server, free_port, running_server
 
 pytestmark = pytest.mark.slow
@@ -355,9 +357,38 @@ def _stop(process: subprocess.Popen[str]) -> None:
             process.wait(timeout=20)
 
 
+def _signed_encrypted_install(store: ModelStore, work: Path) -> Path:
+    """Build a signed, age-encrypted bundle of MODEL, install it, return the target."""
+    from typer.testing import CliRunner
+
+    from offline_asr.cli import app
+
+    identity = pyrage.x25519.Identity.generate()
+    (work / "site.agekey").write_text(f"{identity}\n")
+    key, pub = work / "signing.key", work / "signing.pub"
+
+    def ok(*args: str) -> None:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+
+    ok("bundle", "keygen", "--private", str(key), "--public", str(pub))
+    ok("bundle", "build", "--out", str(work / "dist"), "--models", MODEL, "--sign-key", str(key),
+       "--recipient", str(identity.to_public()), "--locks-from", str(REPO),
+       "--manifest", str(store.manifest_path))  # fmt: skip
+    bundle = next((work / "dist").glob("offline_bundle_v*.tar.zst.age"))
+    ok("bundle", "install", str(bundle), "--target", str(work / "target"),
+       "--identity", str(work / "site.agekey"), "--public-key", str(pub))  # fmt: skip
+    return work / "target"
+
+
+@pytest.mark.parametrize("source", ["manifest", "installed signed and encrypted bundle"])
 def test_server_transcribes_in_a_namespace_with_only_loopback(
-    full_store: ModelStore, tmp_path: Path
+    full_store: ModelStore, tmp_path: Path, source: str
 ) -> None:
+    if source == "manifest":
+        where = ["--manifest", str(full_store.manifest_path)]
+    else:
+        where = ["--target", str(_signed_encrypted_install(full_store, tmp_path))]
     with loopback_namespace() as (namespace, ip):
         netns = [ip, "netns", "exec", namespace]
         port = free_port()  # free on the host; the namespace starts with no sockets at all
@@ -366,7 +397,7 @@ def test_server_transcribes_in_a_namespace_with_only_loopback(
         log = tmp_path / "server.log"
         with log.open("w") as sink:
             server = subprocess.Popen(
-                [*netns, str(exe), "serve", "--manifest", str(full_store.manifest_path),
+                [*netns, str(exe), "serve", *where,
                  "--host", "127.0.0.1", "--port", str(port), "--model", MODEL],
                 stdout=sink, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
