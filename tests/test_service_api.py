@@ -25,7 +25,6 @@ import uuid
 import warnings
 import wave
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ from offline_asr.registry.store import ModelStore
 from offline_asr.service.settings import ServiceSettings
 from offline_asr.smoke import word_error_rate
 from support.helpers import REPO
-from support.server import Server, free_port, wait_ready
+from support.server import Server, free_port, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -180,28 +179,6 @@ def multipart(boundary: str, fields: dict[str, str], file: tuple[str, bytes] | N
     return b"".join(parts) + f"--{boundary}--\r\n".encode()
 
 
-@contextmanager
-def serve_process(
-    command: list[str], *, env: dict[str, str], log: Path, url: str, timeout: float = 90
-) -> Iterator[subprocess.Popen[str]]:
-    """Run a server command until /ready answers; stop it afterwards."""
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO
-        )
-    try:
-        if not wait_ready(url, process, timeout):
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 # ---------------------------------------------------------------------------------------------
 # Fixtures
 
@@ -255,7 +232,7 @@ def restricted(
         OFFLINE_ASR_AUDIT_LOG=str(audit),
     )
     with (
-        serve_process(command, env=env, log=log, url=url) as process,
+        serve_process(command, env=env, log=log, url=url, cwd=REPO) as process,
         httpx.Client(base_url=url, timeout=120) as session,
     ):
         yield Restricted(Server(url, process, log), command, session, audit)

@@ -49,6 +49,34 @@ def wait_ready(url: str, process: subprocess.Popen[str], timeout: float) -> bool
 
 
 @contextmanager
+def serve_process(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    log: Path,
+    url: str,
+    timeout: float = 120,
+    cwd: Path | None = None,
+) -> Iterator[subprocess.Popen[str]]:
+    """Run a server command until /ready answers at `url`; stop it afterwards."""
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+        )
+    try:
+        if not wait_ready(url, process, timeout):
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
 def running_server(
     manifest: Path,
     *args: str,
@@ -65,20 +93,8 @@ def running_server(
     exe = Path(sys.executable).with_name("offline-asr")
     command = [*(prefix or []), str(exe), "serve", "--manifest", str(manifest),
                "--host", "127.0.0.1", "--port", str(port), *args]  # fmt: skip
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, **(env or {})},
-        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_ready(url, process, timeout):
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+    with serve_process(
+        command, env={**os.environ, **(env or {})}, log=log, url=url, timeout=timeout
+    ) as process:
         yield Server(url, process, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
