@@ -19,7 +19,6 @@ class Settings(BaseSettings):
     offline_asr_bundle_hint: str = Field(
         DEFAULT_BUNDLE_HINT, description="Where to get models, shown when files are missing"
     )
-    hf_endpoint: str | None = Field(None, description="Hugging Face Hub (or mirror) for prepare")
     offline_asr_max_audio_bytes: int = Field(
         500_000_000, gt=0, description="Largest audio input accepted, in bytes (checked first)"
     )
@@ -31,8 +30,5 @@ class Settings(BaseSettings):
     )
     default_gigaam_model: str | None = Field(
         None, description="GigaAM model that `auto` sends Russian speech to"
-    )
-    offline_asr_audit_log: Path | None = Field(
-        None, description="Audit log file (JSON lines); stderr when unset"
     )
     offline_asr_audit_text: bool = Field(False, description="Also log transcript texts")

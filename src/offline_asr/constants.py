@@ -17,17 +17,14 @@ STAGING_DIR: Final = ".staging"
 LOCK_NAME: Final = ".manifest.lock"
 
 HASH_CHUNK: Final = 4 * 1024 * 1024
-# Files above this size get their own progress bar task while hashing or copying.
-PROGRESS_MIN_BYTES: Final = 64 * 1024 * 1024
 
-BUNDLE_HINT_ENV: Final = "OFFLINE_ASR_BUNDLE_HINT"
 DEFAULT_BUNDLE_HINT: Final = (
-    "Restore the files from their pinned source with `offline-asr models sync`, or prepare the "
-    "model again on a connected machine (`offline-asr models prepare`) and carry it over."
+    "Restore the files with `offline-asr models sync` (from their pinned source), or reinstall "
+    "the offline bundle (`offline-asr bundle install`, or `bundle rollback` to the last good "
+    "release)."
 )
 
 # Exit codes of the command line contract.
-EXIT_OK: Final = 0
 EXIT_CHECK_FAILED: Final = 1
 EXIT_BAD_INPUT: Final = 2
 EXIT_INTERRUPTED: Final = 130
