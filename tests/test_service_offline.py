@@ -20,11 +20,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -35,6 +34,7 @@ from offline_asr.constants import CLIPS_DIR
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.server import OFFLINE_ENV
 from offline_asr.smoke import word_error_rate
+from support.canary import Canary, canary
 from support.helpers import REPO
 from support.server import Server, free_port, running_server
 
@@ -169,50 +169,6 @@ def outbound(connections: set[Connection]) -> list[str]:
         for c in sorted(connections, key=repr)
         if not (_local_only(c.local) and _local_only(c.remote))
     ]
-
-
-# --- a canary for anything that would go out through the hub or a proxy ------------------
-
-
-@dataclass
-class Canary:
-    """A loopback listener posing as the hub and as every proxy: it counts who calls."""
-
-    sock: socket.socket
-    calls: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def url(self) -> str:
-        host, port = self.sock.getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    def serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                client, peer = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with client:
-                client.settimeout(1)
-                with contextlib.suppress(OSError):
-                    self.calls.append(f"{peer}: {client.recv(200)!r}")
-
-
-@contextlib.contextmanager
-def canary() -> Iterator[Canary]:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        sock.settimeout(0.2)
-        watcher = Canary(sock)
-        thread = threading.Thread(target=watcher.serve, daemon=True)
-        thread.start()
-        try:
-            yield watcher
-        finally:
-            watcher.stop.set()
-            thread.join(timeout=5)
 
 
 def test_the_socket_watch_sees_a_socket_aimed_outside() -> None:
