@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from offline_asr.cli import app
+from offline_asr.offline import HUB_OFFLINE
 from offline_asr.registry.store import ModelStore
 from support.helpers import PREPARE_TINY, Cli, CliResult, write_ct2_model
 from support.server import Server, running_server
@@ -107,8 +108,17 @@ def tiny_store(real_tiny_store: ModelStore, tmp_path: Path) -> ModelStore:
 
 
 @pytest.fixture(autouse=True)
-def _no_hub_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never reach a real hub: a stray HF_ENDPOINT must not leak in."""
+def _no_hub_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests never reach a real hub: a stray HF_ENDPOINT must not leak in. The hub's offline
+    switches that an in-process command sets (for good, as a real process would) are taken
+    back after each test, so a later `models prepare` in a child process can reach a fake hub."""
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("MODEL_REGISTRY_PATH", raising=False)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    before = {name: os.environ.get(name) for name in HUB_OFFLINE}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -28,8 +28,11 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx2
 import pytest
+from typer.testing import CliRunner
 
+from offline_asr.cli import app
 from offline_asr.constants import CLIPS_DIR
+from offline_asr.offline import HUB_OFFLINE, TELEMETRY_OFF
 from offline_asr.registry.store import ModelStore
 from offline_asr.smoke import word_error_rate
 from support.audio_fixtures import long_russian
@@ -113,6 +116,43 @@ def folders(full_store: ModelStore, tmp_path: Path) -> Folders:
     for name in ("work", "home"):
         (tmp_path / name).mkdir()
     return Folders(tmp_path / "work", tmp_path / "home", full_store)
+
+
+# --- the switches ---------------------------------------------------------------------------
+
+
+def test_importing_the_package_turns_telemetry_off_against_the_environment() -> None:
+    env = {**os.environ, **LURES}
+    shown = subprocess.run(
+        [sys.executable, "-c", "import json, os, offline_asr; print(json.dumps(dict(os.environ)))"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    seen = json.loads(shown.stdout)
+    assert {name: seen[name] for name in TELEMETRY_OFF} == TELEMETRY_OFF
+    assert all(seen[name] == "0" for name in HUB_OFFLINE), "the hub goes offline per command"
+
+
+@pytest.mark.parametrize(
+    ("args", "offline"),
+    [
+        (["models", "list"], True),
+        (["models", "verify"], True),
+        (["doctor", "--help"], True),
+        (["models", "prepare", "--help"], False),
+        (["models", "sync", "--help"], False),
+    ],
+)
+def test_commands_of_the_air_gapped_side_switch_the_hub_offline(
+    args: list[str], offline: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models prepare` and `models sync` fetch from a hub or mirror when asked to; every other
+    command sets the hub libraries' switches before anything imports them."""
+    for name in HUB_OFFLINE:
+        monkeypatch.delenv(name, raising=False)
+    manifest = ["--manifest", str(tmp_path / "models" / "manifest.json")]
+    CliRunner().invoke(app, [*args, *manifest] if "--help" not in args else args)
+    switched = {name: os.environ.get(name) for name in HUB_OFFLINE}
+    assert switched == (HUB_OFFLINE if offline else dict.fromkeys(HUB_OFFLINE)), args
 
 
 # --- the judge ------------------------------------------------------------------------------
@@ -261,7 +301,7 @@ def _requests(url: str, long_clip: Path, playlist: Path) -> list[str]:
     """Every route, every engine, the VAD (GigaAM chunking), lazy loading and a hostile input."""
     problems = []
     with httpx2.Client(base_url=url, timeout=TIMEOUT, trust_env=False) as client:
-        for path in ("/", "/docs", "/redoc"):
+        for path in ("/", "/docs"):
             problems += _page_and_assets(client, url, path)
         for path in ("/openapi.json", "/metrics", "/health", "/v1/models"):
             if (answer := client.get(path)).status_code != 200:
