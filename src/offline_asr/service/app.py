@@ -294,9 +294,9 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
             return Response(json.dumps({"status": "ready"}), media_type="application/json")
         return Response(json.dumps({"status": "loading"}), 503, media_type="application/json")
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(authorize)])
     async def prometheus() -> Response:
-        """Prometheus text format."""
+        """Prometheus text format; needs a key when the server has keys (model ids, traffic)."""
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
