@@ -107,18 +107,26 @@ def tiny_store(real_tiny_store: ModelStore, tmp_path: Path) -> ModelStore:
     return ModelStore(target / "models" / "manifest.json")
 
 
-@pytest.fixture(autouse=True)
-def _no_hub_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tests never reach a real hub: a stray HF_ENDPOINT must not leak in. The hub's offline
-    switches that an in-process command sets (for good, as a real process would) are taken
-    back after each test, so a later `models prepare` in a child process can reach a fake hub."""
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    monkeypatch.delenv("MODEL_REGISTRY_PATH", raising=False)
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    before = {name: os.environ.get(name) for name in HUB_OFFLINE}
-    yield
-    for name, value in before.items():
+# The hub's offline switches as the session found them. An in-process command sets them for
+# good, as a real process would; each test starts without what an earlier one (or a fixture)
+# left, so a `models prepare` it starts in a child process can reach a fake hub.
+_SESSION_HUB_ENV = {name: os.environ.get(name) for name in HUB_OFFLINE}
+
+
+def _restore_hub_env() -> None:
+    for name, value in _SESSION_HUB_ENV.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests never reach a real hub: a stray HF_ENDPOINT must not leak in."""
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.delenv("MODEL_REGISTRY_PATH", raising=False)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    _restore_hub_env()
+    yield
+    _restore_hub_env()
