@@ -589,6 +589,20 @@ def test_either_key_is_accepted_and_health_stays_open(restricted: Restricted) ->
         assert restricted.http.get(path).status_code == 200, path
 
 
+def test_with_keys_metrics_needs_one_and_the_pages_stay_open(restricted: Restricted) -> None:
+    """With keys, what carries data or does work needs one: /v1/* and /metrics (model ids,
+    traffic, errors). What is the same on every install stays open: /health, /ready, the web
+    page and its files (it asks for the key), /docs, its files and /openapi.json."""
+    for headers in ({}, {"Authorization": f"Bearer {WRONG_KEY}"}):
+        assert_openai_error(restricted.http.get("/metrics", headers=headers), 401,
+                            code="invalid_api_key")  # fmt: skip
+    metrics = restricted.http.get("/metrics", headers=restricted.auth)
+    assert metrics.status_code == 200 and "offline_asr" in metrics.text, metrics.text[:300]
+    for path in ("/", "/static/app.js", "/docs", "/docs/assets/swagger-ui-bundle.js",
+                 "/openapi.json"):  # fmt: skip
+        assert restricted.http.get(path).status_code == 200, path
+
+
 def test_keys_never_reach_the_logs(restricted: Restricted) -> None:
     ids: dict[str, str] = {}
     for key in (*KEYS, WRONG_KEY):

@@ -2,6 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from offline_asr.offline import disable_telemetry
+
+# Before anything imports onnxruntime or a hub library: they read their switches only once.
+disable_telemetry()
+
 try:
     __version__ = version("offline-asr")
 except PackageNotFoundError:  # running from a source tree that was never installed

@@ -11,11 +11,11 @@ import io
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import av
 import numpy as np
@@ -99,6 +99,10 @@ class TruncatedAudioError(AudioError):
 
 class NotAudioError(AudioError):
     """Not a media file, or one without an audio stream."""
+
+
+class LinkedMediaError(AudioError):
+    """A playlist or reference file: FFmpeg would open the files and URLs it names."""
 
 
 class AudioTooLargeError(AudioError):
@@ -310,7 +314,7 @@ def _decode(
 ) -> Audio:
     """Open with FFmpeg, decode the best audio stream, then judge what came out."""
     try:
-        container = av.open(file, "r", metadata_errors="replace")
+        container = av.open(file, "r", metadata_errors="replace", io_open=_only_this_file(label))
     except FFmpegError as error:
         if isinstance(file, _CappedReader) and file.count == 0:
             raise EmptyAudioError(
@@ -365,6 +369,19 @@ def _decode(
         if seconds - declared <= LENGTH_TOLERANCE:
             audio = audio[: round(declared * SAMPLE_RATE)]
     return _checked(audio, label)
+
+
+def _only_this_file(label: str) -> Callable[[str, int, dict[str, str]], NoReturn]:
+    """FFmpeg's `io_open` for every file or URL other than the input itself: refused. An HLS
+    playlist (`.m3u8`) would otherwise have FFmpeg fetch its segments from any host."""
+
+    def refuse(url: str, flags: int, options: dict[str, str]) -> NoReturn:
+        raise LinkedMediaError(
+            f"{label} refers to other media ({url[:200]}): it is a playlist or a reference "
+            "file, and offline-asr reads only the file it is given; give the recording itself"
+        )
+
+    return refuse
 
 
 def _packets(

@@ -19,6 +19,7 @@ from offline_asr.config import Settings
 from offline_asr.constants import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERRUPTED, MANIFEST_ENV
 from offline_asr.device import Device
 from offline_asr.errors import OfflineAsrError
+from offline_asr.offline import FETCHING_COMMANDS, go_offline
 from offline_asr.progress import transcription_progress
 from offline_asr.registry.integrity import ModelReport, verify_models
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
@@ -129,11 +130,21 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """Offline speech recognition with an audit trail."""
+    if ctx.invoked_subcommand != "models":  # `models` decides per command, below
+        go_offline()
+
+
+@models_app.callback()
+def models(ctx: typer.Context) -> None:
+    """Hub libraries offline, except in the commands that fetch models when asked to."""
+    if ctx.invoked_subcommand not in FETCHING_COMMANDS:
+        go_offline()
 
 
 @models_app.command("prepare")

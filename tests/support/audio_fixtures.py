@@ -123,3 +123,12 @@ def damage(path: Path, target: Path, size: int = 2000) -> Path:
     data[middle : middle + size] = np.random.default_rng(7).bytes(size)
     target.write_bytes(bytes(data))
     return target
+
+
+def long_russian(path: Path, repeats: int = 17) -> Path:
+    """The Russian clip `repeats` times with half-second pauses: over a minute, so GigaAM cuts
+    it into chunks at the pauses the Silero VAD finds."""
+    speech, rate = read_wav(CLIPS_DIR / "ru_short.wav")
+    pause = np.zeros((1, rate // 2), np.int16)
+    path.write_bytes(wav_bytes(np.concatenate([speech, pause] * repeats, axis=1), rate))
+    return path

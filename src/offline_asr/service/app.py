@@ -27,6 +27,7 @@ from offline_asr.asr.base import DecodeOptions, Segment, TranscriptionResult
 from offline_asr.errors import OfflineAsrError
 from offline_asr.formats import render
 from offline_asr.service.admission import Admission, QueueFullError
+from offline_asr.service.docs import add_docs
 from offline_asr.service.errors import ApiError, error_body, from_domain, install_handlers
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
@@ -132,7 +133,10 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
         version=__version__,
         summary="OpenAI-compatible speech recognition that never leaves the building",
         lifespan=lifespan,
+        docs_url=None,  # served by add_docs from local files, not from a CDN
+        redoc_url=None,
     )
+    add_docs(app)
     admission = Admission(settings.max_concurrency, settings.max_queue, metrics)
     app.state.api_keys = [key.encode() for key in settings.all_api_keys()]
     install_handlers(app)
@@ -290,9 +294,9 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
             return Response(json.dumps({"status": "ready"}), media_type="application/json")
         return Response(json.dumps({"status": "loading"}), 503, media_type="application/json")
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(authorize)])
     async def prometheus() -> Response:
-        """Prometheus text format."""
+        """Prometheus text format; needs a key when the server has keys (model ids, traffic)."""
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import os
-
 from fastapi import FastAPI
 
 from offline_asr.audio import AudioLimits
 from offline_asr.audit import AuditLog
+from offline_asr.offline import go_offline
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.app import create_app
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
 from offline_asr.service.settings import ServiceSettings
 
-# The hub libraries' own switches: no downloads, no telemetry, whatever the code asks.
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-}
-
 
 def build_app(settings: ServiceSettings) -> FastAPI:
     """Verify and load every model named in the settings; raises before any port is bound."""
-    os.environ.update(OFFLINE_ENV)
+    go_offline()
     metrics = Metrics()
     pool = ModelPool(
         ModelStore(settings.manifest),
