@@ -118,8 +118,8 @@ def _fetch(request: PrepareRequest, workdir: Path) -> sources.Offered:
         key = repo.replace("/", "--") + "@" + request.revision.replace("/", "--")
         downloads = workdir.parent / "downloads" / key
         return sources.from_hub(repo, request.revision, downloads, choose, request.hf_endpoint)
-    if defaults.generated:
-        return sources.generated_test_model(workdir / "generated", choose)
+    if defaults.generated is not None:
+        return sources.generated_test_model(workdir / "generated", choose, defaults.generated)
     raise SourceError(
         f"no default source for {request.engine} {request.variant!r}: "
         "give --from-package, --from-dir, --hf-repo or --from-url"
