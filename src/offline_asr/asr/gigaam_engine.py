@@ -36,6 +36,8 @@ MAX_CHUNK_SECONDS = 22.0
 DEFAULT_BATCH = 4
 # What onnxruntime raises for a graph it cannot run (the files' hashes were checked before).
 _ONNXRUNTIME_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf)
+# Read once: looking a version up parses the package's metadata (~8 ms a call here).
+_VERSIONS = {name: metadata.version(name) for name in ("onnx-asr", "onnxruntime")}
 # One output frame of GigaAM (10 ms features, 4x subsampling): the length of the last token.
 FRAME_SECONDS = 0.04
 
@@ -64,26 +66,27 @@ def plan_chunks(audio: Audio, max_seconds: float = MAX_CHUNK_SECONDS) -> list[tu
 def _words(
     tokens: list[str], times: list[float], logprobs: list[float] | None, offset: float
 ) -> list[Word]:
-    """Group character tokens into words at the space tokens."""
-    words: list[Word] = []
-    current: list[int] = []
-    for index, token in enumerate([*tokens, " "]):
+    """Group tokens into words. A word starts at a token that begins with a space: the word
+    boundary of the character vocabulary, or a SentencePiece piece such as "▁при" of the
+    end-to-end models (onnx-asr turns ▁ into a space); other pieces and punctuation continue
+    the word."""
+    groups: list[list[int]] = []
+    for index, token in enumerate(tokens):
+        if not groups or token[:1].isspace():
+            groups.append([])
         if token.strip():
-            current.append(index)
-            continue
-        if current:
-            probability = (
-                math.exp(float(np.mean([logprobs[i] for i in current]))) if logprobs else 1.0
+            groups[-1].append(index)
+    words: list[Word] = []
+    for group in filter(None, groups):
+        probability = math.exp(float(np.mean([logprobs[i] for i in group]))) if logprobs else 1.0
+        words.append(
+            Word(
+                start=round(offset + times[group[0]], 3),
+                end=round(offset + times[group[-1]] + FRAME_SECONDS, 3),
+                word=" " + "".join(tokens[i].strip() for i in group),
+                probability=probability,
             )
-            words.append(
-                Word(
-                    start=round(offset + times[current[0]], 3),
-                    end=round(offset + times[current[-1]] + FRAME_SECONDS, 3),
-                    word=" " + "".join(tokens[i] for i in current),
-                    probability=probability,
-                )
-            )
-            current = []
+        )
     return words
 
 
@@ -153,7 +156,6 @@ class GigaamEngine(TranscriptionEngine):
             runtime={
                 "device": self.device,
                 "precision": self.model.precision,
-                "onnx-asr": metadata.version("onnx-asr"),
-                "onnxruntime": metadata.version("onnxruntime"),
+                **_VERSIONS,
             },
         )
