@@ -19,6 +19,7 @@ from offline_asr.asr.base import DecodeOptions, TranscriptionResult
 from offline_asr.audio import decode_audio
 from offline_asr.constants import CLIPS_DIR, EXIT_CHECK_FAILED
 from offline_asr.errors import IntegrityError, OfflineAsrError
+from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.store import ModelStore
 from offline_asr.schemas import ModelMetadata, SmokeTest
 
@@ -60,7 +61,7 @@ def default_smoke(model: ModelMetadata) -> SmokeTest:
     """English clip for Whisper, Russian for GigaAM; no WER bound for a structural test model."""
     name = "en_short.wav" if model.engine == "whisper" else "ru_short.wav"
     references = json.loads((CLIPS_DIR / "references.json").read_text(encoding="utf-8"))
-    is_test_model = model.variant.endswith("-testtiny")
+    is_test_model = is_structural_test_model(model)
     return SmokeTest(
         audio=name,
         audio_sha256=hashlib.sha256((CLIPS_DIR / name).read_bytes()).hexdigest(),
