@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+import offline_asr.audio as audio_module
 from offline_asr.audio import (
     LENGTH_TOLERANCE,
     AudioError,
@@ -35,6 +39,7 @@ from support.audio_fixtures import (
     cut,
     damage,
     encode,
+    long_speech_wav,
     read_wav,
     resample,
     video_only,
@@ -372,3 +377,44 @@ def test_limits_come_from_the_environment(media: Path, monkeypatch: pytest.Monke
 
 def test_default_limits() -> None:
     assert AudioLimits() == AudioLimits(max_bytes=500_000_000, max_seconds=4 * 3600)
+
+
+# Decodes a file in a fresh interpreter and prints its peak RSS before and after, in MB.
+_DECODE_PEAK = """
+import json, sys
+from pathlib import Path
+from offline_asr.audio import AudioLimits, decode_audio
+
+def peak():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+before = peak()
+audio = decode_audio(Path(sys.argv[1]), limits=AudioLimits(10**9, 4 * 3600))
+print(json.dumps({"before": before, "after": peak(), "samples": len(audio)}))
+"""
+
+
+def test_an_hour_of_audio_costs_about_one_copy_of_itself(tmp_path: Path) -> None:
+    """1 h at 8 kHz is 230 MB as 16 kHz float32. Decoding it into a list of pieces and joining
+    them took three times that (675 MB); one buffer filled in place takes about one."""
+    path = long_speech_wav(tmp_path / "hour.wav", 3600)
+    run = subprocess.run(
+        [sys.executable, "-c", _DECODE_PEAK, str(path)], capture_output=True, text=True, check=True
+    )
+    peak = json.loads(run.stdout)
+    assert peak["samples"] == 3600 * SAMPLE_RATE
+    audio_mb = peak["samples"] * 4 / 2**20
+    growth = peak["after"] - peak["before"]
+    print(f"\ndecoding 1 h: peak RSS +{growth:.0f} MB for {audio_mb:.0f} MB of samples")
+    assert growth < 1.5 * audio_mb, (growth, audio_mb)
+
+
+def test_audio_longer_than_the_first_guess_grows_its_buffer(
+    reference: npt.NDArray[np.float32], media: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-way stream reports no length: the buffer starts small and grows as needed."""
+    monkeypatch.setattr(audio_module, "_UNKNOWN_LENGTH", 1)
+    audio = decode_audio(OneWay((media / "clip.wav").read_bytes()), limits=LIMITS, name="pipe")
+    np.testing.assert_array_equal(audio, reference)

@@ -123,3 +123,27 @@ def damage(path: Path, target: Path, size: int = 2000) -> Path:
     data[middle : middle + size] = np.random.default_rng(7).bytes(size)
     target.write_bytes(bytes(data))
     return target
+
+
+def long_speech_wav(path: Path, seconds: float, rate: int = 8_000) -> Path:
+    """The speech clip at `rate`, each time followed by half a second of quiet, repeated to
+    `seconds`: a long telephone-quality recording that every engine finds speech in."""
+    samples, clip_rate = read_wav(CLIP)
+    speech = resample(samples[:1], clip_rate, rate)[0]
+    unit = np.concatenate([speech, np.zeros(rate // 2, np.int16)])
+    total = round(seconds * rate)
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        for start in range(0, total, len(unit)):
+            writer.writeframes(unit[: total - start].tobytes())
+    return path
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident set size (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
