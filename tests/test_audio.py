@@ -416,5 +416,6 @@ def test_audio_longer_than_the_first_guess_grows_its_buffer(
 ) -> None:
     """A one-way stream reports no length: the buffer starts small and grows as needed."""
     monkeypatch.setattr(audio_module, "_UNKNOWN_LENGTH", 1)
-    audio = decode_audio(OneWay((media / "clip.wav").read_bytes()), limits=LIMITS, name="pipe")
+    stream = OneWay((media / "clip.wav").read_bytes())
+    audio = decode_audio(stream, limits=LIMITS, name="pipe")  # type: ignore[arg-type]  # OneWay
     np.testing.assert_array_equal(audio, reference)

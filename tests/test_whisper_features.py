@@ -1,4 +1,4 @@
-"""Whisper's features in 30-s blocks: faster-whisper's numbers, without its memory for long audio."""
+"""Whisper features in 30-s blocks: faster-whisper's numbers without its memory on long audio."""
 
 from __future__ import annotations
 

@@ -410,7 +410,7 @@ def _declared_end(
 
 
 def _estimated_seconds(container: InputContainer, stream: av.AudioStream) -> float | None:
-    """FFmpeg's guess of the audio's length (from the size, the last page...), to size the buffer."""
+    """FFmpeg's guess of the audio's length (from the size, the last page), to size the buffer."""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
