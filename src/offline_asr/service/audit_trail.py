@@ -203,5 +203,7 @@ class AuditTrail:
         }
         if answer.message is not None:
             line["error"] = answer.message
-        event = "transcription" if path in AUDIO_ROUTES else "request"
-        self.audit.write(event, line)
+        if path in AUDIO_ROUTES:
+            self.audit.write("transcription", {"model_id": None, **line})
+        else:
+            self.audit.write("request", line)
