@@ -185,7 +185,6 @@ class AuditTrail:
             self.metrics.requests.labels(scope["state"]["model"], label).inc()
         if not audited(path, status):
             return
-        known = facts.snapshot()
         ok = status is not None and status < 400 and answer.code is None and answer.complete
         client = scope.get("client")
         line = {
@@ -198,12 +197,12 @@ class AuditTrail:
             "client": client[0] if client else None,
             "api_key_id": self.keys.identify(headers.get("authorization", "")),
             "latency_s": round(latency_s, 3),
-            **known,
-            "cancelled": known.get("cancelled"),
         }
-        if answer.message is not None:
-            line["error"] = answer.message
-        if path in AUDIO_ROUTES:
-            self.audit.write("transcription", {"model_id": None, **line})
-        else:
-            self.audit.write("request", line)
+        failure = {} if answer.message is None else {"error": answer.message}
+        if path not in AUDIO_ROUTES:
+            self.audit.write("request", {**line, **failure})
+            return
+        # A transcription line always names its model (null: refused before one was chosen)
+        # and says whether the work was told to stop.
+        known = {"model_id": None, "cancelled": None, **facts.snapshot()}
+        self.audit.write("transcription", {**line, **known, **failure})
