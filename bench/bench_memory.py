@@ -20,8 +20,6 @@ Ratio = ours / baseline: below 1 is better.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,13 +31,11 @@ from typing import Any
 import httpx2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-MANIFEST = ROOT / "models" / "manifest.json"
-CLIP = ROOT / "src" / "offline_asr" / "data" / "clips" / "en_short.wav"
-MODEL = "whisper-tiny.en"
+from bench_service import MANIFEST, MODEL, _server
+
+CLIP = Path(__file__).resolve().parent.parent / "src/offline_asr/data/clips/en_short.wav"
 HOUR_S = 3600
 RATE = 8_000
-READY_TIMEOUT_S = 180.0
 SLOT_TIMEOUT_S = 300.0
 
 # Peak RSS before and after the work, printed as JSON by each child process.
@@ -131,47 +127,20 @@ def _in_flight(client: httpx2.Client, url: str) -> float:
 
 def _server_growth(hour: Path, log: Path) -> float:
     """The server's peak RSS growth for one upload of the hour (see case 3), in MB."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "OFFLINE_ASR_MAX_CONCURRENCY": "1", "OFFLINE_ASR_MAX_QUEUE": "0",
-           "OFFLINE_ASR_REQUEST_TIMEOUT_S": "10"}  # fmt: skip
-    command = [str(Path(sys.executable).with_name("offline-asr")), "serve", "--manifest",
-               str(MANIFEST), "--model", MODEL, "--port", str(port)]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    try:
-        with httpx2.Client(timeout=httpx2.Timeout(120.0), trust_env=False) as client:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while not _ready(client, url):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start:\n{log.read_text()[-2000:]}")
-                time.sleep(0.2)
-            form = {"model": MODEL}
-            client.post(f"{url}/v1/audio/transcriptions", data=form,
-                        files={"file": (CLIP.name, CLIP.read_bytes(), "audio/wav")})  # fmt: skip
-            idle = _peak_mb(process.pid)
-            client.post(f"{url}/v1/audio/transcriptions", data=form,
-                        files={"file": (hour.name, hour.read_bytes(), "audio/wav")})  # fmt: skip
-            deadline = time.monotonic() + SLOT_TIMEOUT_S
-            while _in_flight(client, url) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            return _peak_mb(process.pid) - idle
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _ready(client: httpx2.Client, url: str) -> bool:
-    try:
-        return client.get(f"{url}/ready").status_code == 200
-    except httpx2.TransportError:
-        return False
+    with (
+        _server(1, log, OFFLINE_ASR_MAX_QUEUE="0", OFFLINE_ASR_REQUEST_TIMEOUT_S="10") as server,
+        httpx2.Client(base_url=server.url, timeout=120.0, trust_env=False) as client,
+    ):
+        form = {"model": MODEL}
+        client.post("/v1/audio/transcriptions", data=form,
+                    files={"file": (CLIP.name, CLIP.read_bytes(), "audio/wav")})  # fmt: skip
+        idle = _peak_mb(server.process.pid)
+        client.post("/v1/audio/transcriptions", data=form,
+                    files={"file": (hour.name, hour.read_bytes(), "audio/wav")})  # fmt: skip
+        deadline = time.monotonic() + SLOT_TIMEOUT_S
+        while _in_flight(client, server.url) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return _peak_mb(server.process.pid) - idle
 
 
 def _row(case: str, ours: float, baseline: float, note: str) -> dict[str, Any]:

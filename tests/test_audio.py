@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -45,6 +42,7 @@ from support.audio_fixtures import (
     video_only,
     wav_bytes,
 )
+from support.memory import peak_growth_mb
 
 # name -> (audio codec, container format, video codec)
 FORMATS: dict[str, tuple[str, str | None, str | None]] = {
@@ -379,20 +377,10 @@ def test_default_limits() -> None:
     assert AudioLimits() == AudioLimits(max_bytes=500_000_000, max_seconds=4 * 3600)
 
 
-# Decodes a file in a fresh interpreter and prints its peak RSS before and after, in MB.
-_DECODE_PEAK = """
-import json, sys
-from pathlib import Path
+_DECODE = """
 from offline_asr.audio import AudioLimits, decode_audio
-
-def peak():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-
 before = peak()
-audio = decode_audio(Path(sys.argv[1]), limits=AudioLimits(10**9, 4 * 3600))
-print(json.dumps({"before": before, "after": peak(), "samples": len(audio)}))
+decode_audio(Path(sys.argv[1]), limits=AudioLimits(10**9, 4 * 3600))
 """
 
 
@@ -400,13 +388,8 @@ def test_an_hour_of_audio_costs_about_one_copy_of_itself(tmp_path: Path) -> None
     """1 h at 8 kHz is 230 MB as 16 kHz float32. Decoding it into a list of pieces and joining
     them took three times that (675 MB); one buffer filled in place takes about one."""
     path = long_speech_wav(tmp_path / "hour.wav", 3600)
-    run = subprocess.run(
-        [sys.executable, "-c", _DECODE_PEAK, str(path)], capture_output=True, text=True, check=True
-    )
-    peak = json.loads(run.stdout)
-    assert peak["samples"] == 3600 * SAMPLE_RATE
-    audio_mb = peak["samples"] * 4 / 2**20
-    growth = peak["after"] - peak["before"]
+    growth = peak_growth_mb(_DECODE, str(path))
+    audio_mb = 3600 * SAMPLE_RATE * 4 / 2**20
     print(f"\ndecoding 1 h: peak RSS +{growth:.0f} MB for {audio_mb:.0f} MB of samples")
     assert growth < 1.5 * audio_mb, (growth, audio_mb)
 

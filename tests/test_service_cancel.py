@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from offline_asr.constants import CLIPS_DIR
 from offline_asr.registry.store import ModelStore
-from support.audio_fixtures import long_speech_wav, peak_rss_mb
+from support.audio_fixtures import long_speech_wav
+from support.memory import peak_rss_mb
 from support.server import Server, running_server
 
 pytestmark = pytest.mark.slow

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -15,6 +11,7 @@ from offline_asr.asr.whisper_features import BLOCK_FRAMES, BlockedFeatureExtract
 from offline_asr.audio import decode_audio
 from offline_asr.constants import CLIPS_DIR, SAMPLE_RATE
 from offline_asr.registry.store import ModelStore
+from support.memory import peak_growth_mb
 
 CLIP = decode_audio(CLIPS_DIR / "en_short.wav")
 NOISE = np.random.default_rng(3).uniform(-0.5, 0.5, 100 * SAMPLE_RATE).astype(np.float32)
@@ -60,48 +57,28 @@ def test_other_mel_counts_and_chunk_lengths_as_faster_whisper() -> None:
     assert (extractor.n_samples, extractor.nb_max_frames) == (10 * SAMPLE_RATE, 1000)
 
 
-# Loads whisper-tiny.en, transcribes an hour of speech until the first segment (when every
-# feature exists), and prints the peak RSS before and after, in MB.
-_FIRST_SEGMENT_PEAK = """
-import json, sys
-from pathlib import Path
+# Loads whisper-tiny.en and transcribes an hour of speech until the first segment, when every
+# feature of the file exists.
+_FIRST_SEGMENT = """
 import numpy as np
 from offline_asr.asr import load_engine
 from offline_asr.audio import decode_audio
 from offline_asr.registry.store import ModelStore
 
-def peak():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-
-class Enough(Exception):
-    pass
-
-def stop(segment):
-    raise Enough
-
 engine = load_engine(ModelStore(Path(sys.argv[1])), "whisper-tiny.en")
-clip = decode_audio(Path(sys.argv[2]))
-audio = np.resize(clip, 3600 * 16000)
+audio = np.resize(decode_audio(Path(sys.argv[2])), 3600 * 16000)
 before = peak()
 try:
     engine.transcribe(audio, on_segment=stop)
 except Enough:
     pass
-print(json.dumps({"before": before, "after": peak()}))
 """
 
 
 @pytest.mark.slow
 def test_an_hour_of_whisper_features_fits_in_a_few_hundred_mb(full_store: ModelStore) -> None:
     """faster-whisper's own features for 1 h took 3.2 GB; ours take about 115 MB plus a block."""
-    run = subprocess.run(
-        [sys.executable, "-c", _FIRST_SEGMENT_PEAK, str(full_store.manifest_path),
-         str(CLIPS_DIR / "en_short.wav")],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    peak = json.loads(run.stdout)
-    growth = peak["after"] - peak["before"]
+    clip = str(CLIPS_DIR / "en_short.wav")
+    growth = peak_growth_mb(_FIRST_SEGMENT, str(full_store.manifest_path), clip)
     print(f"\nwhisper-tiny.en, 1 h to the first segment: peak RSS +{growth:.0f} MB")
-    assert growth < 600, peak
+    assert growth < 600, growth

@@ -139,11 +139,3 @@ def long_speech_wav(path: Path, seconds: float, rate: int = 8_000) -> Path:
         for start in range(0, total, len(unit)):
             writer.writeframes(unit[: total - start].tobytes())
     return path
-
-
-def peak_rss_mb(pid: int) -> float:
-    """A live process's peak resident set size (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for process {pid}")

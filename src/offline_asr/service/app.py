@@ -27,7 +27,7 @@ from offline_asr.formats import render
 from offline_asr.service.admission import Admission, QueueFullError
 from offline_asr.service.audit_trail import AuditTrail, facts_of
 from offline_asr.service.errors import ApiError, error_body, from_domain, install_handlers
-from offline_asr.service.jobs import Job, Reason, admitted, take_upload, until_disconnect
+from offline_asr.service.jobs import Job, Reason, admitted, take_upload, watching_disconnect
 from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
@@ -149,87 +149,72 @@ def create_app(
         request.state.model = model  # only registered ids become metric labels
         facts = facts_of(request.scope)
         facts.update({"model_id": model})
-        left = asyncio.ensure_future(until_disconnect(request.receive))
-        try:
-            return await run(request, file, model, options, response_format, stream, left)
-        finally:
-            left.cancel()  # a streamed answer watches for the client itself
+        async with watching_disconnect(request.receive) as left:
+            try:
+                if not await admitted(admission, left):
+                    facts.update({"cancelled": "client_disconnected"})
+                    raise client_left()
+            except QueueFullError:
+                retry = max(1, math.ceil(settings.max_queue / settings.max_concurrency))
+                raise ApiError(
+                    429, "the server is busy; retry later", type_="rate_limit_exceeded",
+                    code="queue_full", headers={"Retry-After": str(retry)},
+                ) from None  # fmt: skip
+            loop = asyncio.get_running_loop()
+            segments: asyncio.Queue[Segment | None] = asyncio.Queue()
+            upload = take_upload(file)
 
-    async def run(
-        request: Request,
-        file: UploadFile,
-        model: str,
-        options: DecodeOptions,
-        response_format: ResponseFormat,
-        stream: bool,
-        left: asyncio.Future[None],
-    ) -> Response:
-        facts = facts_of(request.scope)
-        try:
-            if not await admitted(admission, left):
-                facts.update({"cancelled": "client_disconnected"})
-                raise client_left()
-        except QueueFullError:
-            retry = max(1, math.ceil(settings.max_queue / settings.max_concurrency))
-            raise ApiError(
-                429, "the server is busy; retry later", type_="rate_limit_exceeded",
-                code="queue_full", headers={"Retry-After": str(retry)},
-            ) from None  # fmt: skip
-        loop = asyncio.get_running_loop()
-        segments: asyncio.Queue[Segment | None] = asyncio.Queue()
-        upload = take_upload(file)
+            def work(cancel: threading.Event) -> TranscriptionResult:
+                def on_segment(segment: Segment) -> None:
+                    loop.call_soon_threadsafe(segments.put_nowait, segment)
 
-        def work(cancel: threading.Event) -> TranscriptionResult:
-            def on_segment(segment: Segment) -> None:
-                loop.call_soon_threadsafe(segments.put_nowait, segment)
+                return pool.get(model).transcribe_stream(
+                    upload, file.filename or "upload", options, on_segment, cancel=cancel,
+                    on_fields=facts.update,
+                )  # fmt: skip
 
-            return pool.get(model).transcribe_stream(
-                upload, file.filename or "upload", options, on_segment, cancel=cancel,
-                on_fields=facts.update,
+            def ended() -> None:
+                upload.close()
+                loop.call_soon(segments.put_nowait, None)
+
+            started = loop.time()
+            job = Job(
+                work, request_id=request.state.request_id, facts=facts, admission=admission,
+                metrics=metrics, audit=audit, on_end=ended,
             )  # fmt: skip
 
-        def ended() -> None:
-            upload.close()
-            loop.call_soon(segments.put_nowait, None)
+            def observe(result: TranscriptionResult) -> None:
+                metrics.latency.labels(model).observe(loop.time() - started)
+                metrics.audio_seconds.labels(model).inc(result.duration)
 
-        started = loop.time()
-        job = Job(
-            work, request_id=request.state.request_id, facts=facts, admission=admission,
-            metrics=metrics, audit=audit, on_end=ended,
-        )  # fmt: skip
+            deadline = started + settings.request_timeout_s
 
-        def observe(result: TranscriptionResult) -> None:
-            metrics.latency.labels(model).observe(loop.time() - started)
-            metrics.audio_seconds.labels(model).inc(result.duration)
+            def timed_out() -> ApiError:
+                message = f"transcription took longer than {settings.request_timeout_s} s"
+                return ApiError(504, message, type_="server_error", code="timeout")
 
-        deadline = started + settings.request_timeout_s
-
-        def timed_out() -> ApiError:
-            message = f"transcription took longer than {settings.request_timeout_s} s"
-            return ApiError(504, message, type_="server_error", code="timeout")
-
-        # Streamed, wait for the first segment (or the end) so that bad input still gets a 4xx.
-        first_segment = asyncio.ensure_future(segments.get()) if stream else None
-        waited: asyncio.Future[Any] = first_segment or job.future
-        await asyncio.wait(
-            {waited, left}, timeout=max(0.0, deadline - loop.time()),
-            return_when=asyncio.FIRST_COMPLETED,
-        )  # fmt: skip
-        if not waited.done():
-            if first_segment is not None:
-                first_segment.cancel()  # never the job's future: its thread would go on
-            reason: Reason = "client_disconnected" if left.done() else "timeout"
-            job.cancel(reason)
-            raise client_left() if left.done() else timed_out()
-        if first_segment is None:
-            result = job.future.result()  # raises the error, if any, through the handlers
-            observe(result)
-            body = render(result, response_format)
-            return Response(body, media_type=MEDIA_TYPES.get(response_format, "text/plain"))
-        first = first_segment.result()
-        if first is None:
-            job.future.result()  # raises the error, if any, through the handlers
-        return JobStream(_events(first, job, segments, observe, deadline), job)
+            # Streamed, wait for the first segment (or the end) so that bad input still gets a 4xx.
+            first_segment = asyncio.ensure_future(segments.get()) if stream else None
+            waited: asyncio.Future[Any] = first_segment or job.future
+            await asyncio.wait(
+                {waited, left}, timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )  # fmt: skip
+            if not waited.done():
+                if first_segment is not None:
+                    first_segment.cancel()  # never the job's future: its thread would go on
+                reason: Reason = "client_disconnected" if left.done() else "timeout"
+                job.cancel(reason)
+                raise client_left() if left.done() else timed_out()
+            if first_segment is None:
+                result = job.future.result()  # raises the error, if any, through the handlers
+                observe(result)
+                body = render(result, response_format)
+                return Response(body, media_type=MEDIA_TYPES.get(response_format, "text/plain"))
+            first = first_segment.result()
+            if first is None:
+                job.future.result()  # raises the error, if any, through the handlers
+            return JobStream(_events(first, job, segments, observe, deadline), job)
 
     def decode_options(
         task: Literal["transcribe", "translate"],

@@ -15,7 +15,8 @@ import asyncio
 import io
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import BinaryIO, Literal
 
 from fastapi import UploadFile
@@ -84,10 +85,22 @@ class Job:
             self._on_end()
 
 
-async def until_disconnect(receive: Receive) -> None:
-    """Return when the client has gone; call it once the request body has been read."""
+async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+@asynccontextmanager
+async def watching_disconnect(receive: Receive) -> AsyncIterator[asyncio.Future[None]]:
+    """A future done when the client has gone; enter once the request body has been read.
+
+    The watch ends with the block: a streamed answer watches for the client itself.
+    """
+    left = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        yield left
+    finally:
+        left.cancel()
 
 
 async def admitted(admission: Admission, left: asyncio.Future[None]) -> bool:
