@@ -374,3 +374,9 @@ def test_a_secret_others_can_read_or_that_is_not_a_secret_is_refused(tmp_path: P
     path.chmod(0o600)
     with pytest.raises(OfflineAsrError, match="64 hex digits"):
         load_secret(path)
+
+
+def test_a_secret_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "logs").write_text("a file where the folder should be")
+    with pytest.raises(OfflineAsrError, match="cannot create the audit secret"):
+        load_secret(tmp_path / "logs" / "audit.jsonl.secret")

@@ -127,7 +127,13 @@ def load_secret(path: Path) -> bytes:
     time; a file others can read is refused, since whoever has it can test guesses of a key.
     """
     if not path.exists():
-        _create_secret(path)
+        try:
+            _create_secret(path)
+        except OSError as error:
+            raise OfflineAsrError(
+                f"cannot create the audit secret {path}: {error.strerror}; make its folder "
+                "writable, or set OFFLINE_ASR_AUDIT_SECRET_FILE"
+            ) from error
     try:
         info = path.stat()
         text = path.read_text(encoding="ascii").strip()
