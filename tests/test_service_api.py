@@ -11,7 +11,7 @@ startup gate starts a server that must fail.
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import io
 import json
 import math
@@ -609,10 +609,12 @@ def test_keys_never_reach_the_logs(restricted: Restricted) -> None:
         response = _transcribe_short(restricted, {"Authorization": f"Bearer {key}"})
         ids[key] = response.headers["x-request-id"]
     entries = {entry["request_id"]: entry for entry in audit_entries(restricted.audit)}
+    secret = bytes.fromhex(restricted.audit.with_name("audit.jsonl.secret").read_text())
     for key in KEYS:
         entry = entries[ids[key]]
-        assert entry["api_key_id"] == hashlib.sha256(key.encode()).hexdigest()[:8], entry
-    assert ids[WRONG_KEY] not in entries  # refused before any transcription
+        assert entry["api_key_id"] == hmac.new(secret, key.encode(), "sha256").hexdigest()[:16]
+    refused = entries[ids[WRONG_KEY]]
+    assert (refused["status"], refused["api_key_id"]) == (401, None), refused
     logs = {
         "audit log": restricted.audit.read_text("utf-8"),
         "server log": restricted.server.output(),

@@ -22,6 +22,7 @@ from offline_asr.asr.base import (  # noqa: E402
     TranscriptionResult,
     Word,
 )
+from offline_asr.asr.whisper_features import BlockedFeatureExtractor  # noqa: E402
 from offline_asr.schemas import ModelMetadata  # noqa: E402
 
 
@@ -45,6 +46,8 @@ class WhisperEngine(TranscriptionEngine):
                 f"cannot load {model.id!r} on {self.device} with compute type "
                 f"{model.compute_type}: {error}"
             ) from error
+        # Same features, computed 30 s at a time: memory follows the audio's length.
+        self._model.feature_extractor = BlockedFeatureExtractor(**self._model.feat_kwargs)
         self._batched = BatchedInferencePipeline(self._model)
 
     def detect_language(self, audio: Audio) -> tuple[str, float]:
