@@ -92,16 +92,19 @@ class ModelReport:
         return asdict(self) | {"ok": self.ok}
 
 
-def _unlisted(root: Path, model: ModelMetadata) -> list[FileProblem]:
-    folder = root / model.path
+def unlisted_files(root: Path, model: ModelMetadata) -> list[str]:
+    """Everything in the model's folder that the manifest does not list (store-relative).
+
+    Engines read files by name from the folder (faster-whisper's `preprocessor_config.json`,
+    onnx-asr's `config.json`), so a file here that is not listed could change the output.
+    """
     listed = {a.path for a in model.artifacts} | {f"{model.path}/{CHECKSUM_NAME}"}
-    problems = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in sorted(filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]):
-            relative = Path(dirpath, name).relative_to(root).as_posix()
-            if relative not in listed:
-                problems.append(FileProblem(relative, "unlisted", "not in the manifest"))
-    return problems
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root / model.path):
+        relative = Path(dirpath).relative_to(root).as_posix()
+        links = [d for d in dirnames if Path(dirpath, d).is_symlink()]
+        found += [f"{relative}/{name}" for name in filenames + links]
+    return sorted(path for path in found if path not in listed)
 
 
 def _check_checksum_file(root: Path, model: ModelMetadata) -> list[FileProblem]:
@@ -150,7 +153,10 @@ def verify_models(root: Path, models: list[ModelMetadata]) -> list[ModelReport]:
             else:
                 to_hash[path] = (report, artifact)
         if (root / model.path).is_dir():
-            report.problems.extend(_unlisted(root, model))
+            report.problems.extend(
+                FileProblem(path, "unlisted", "not in the manifest")
+                for path in unlisted_files(root, model)
+            )
             report.problems.extend(_check_checksum_file(root, model))
     for path, digest in hash_files(to_hash, "verifying").items():
         report, artifact = to_hash[path]

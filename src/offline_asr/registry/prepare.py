@@ -286,8 +286,8 @@ def prepare_model(
     """
     model_id = request.model_id or f"{request.engine}-{request.variant}"
     _validate(request, model_id)
-    with store.locked():
-        manifest = store.load()
+    with store.locked(create=True):
+        manifest = store.load(missing_ok=True)
         staging = store.staging / f"{model_id}.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
