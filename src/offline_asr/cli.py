@@ -22,9 +22,10 @@ from offline_asr.device import Device
 from offline_asr.errors import OfflineAsrError
 from offline_asr.plain_output import columns, paint, write_lines
 from offline_asr.progress import transcription_progress
-from offline_asr.registry.integrity import ModelReport, verify_models
+from offline_asr.registry.changes import remove_model
+from offline_asr.registry.integrity import ModelReport, unregistered_paths, verify_models
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
-from offline_asr.registry.store import ModelStore, remove_model
+from offline_asr.registry.store import ModelStore
 from offline_asr.schemas import Manifest, ModelMetadata
 
 app = typer.Typer(
@@ -277,7 +278,7 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
     write_lines(out, [title, *columns(headers, rows, out)])
 
 
-def _print_reports(reports: list[ModelReport]) -> None:
+def _print_reports(reports: list[ModelReport], root: Path, unregistered: list[str]) -> None:
     ok, failed = paint("OK    ", "green", out), paint("FAILED", "red", out)
     lines = []
     for report in reports:
@@ -287,6 +288,9 @@ def _print_reports(reports: list[ModelReport]) -> None:
             continue
         lines.append(f"{failed} {report.model_id}:")
         lines += [f"         {p.problem:>9}  {p.path}: {p.detail}" for p in report.problems]
+    if unregistered:
+        lines.append(f"{failed} {root}: holds what no model in the manifest lists")
+        lines += [f"         unregistered  {path}: not in the manifest" for path in unregistered]
     write_lines(out, lines)
 
 
@@ -297,21 +301,30 @@ def verify(
     json_: JsonOption = False,
     manifest: ManifestOption = None,
 ) -> None:
-    """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files."""
+    """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files.
+    Without ID, also on folders in the store that no model lists."""
     store, registry, chosen = _select(manifest, ids, "verify")
     reports = verify_models(store.root, chosen)
-    ok = all(r.ok for r in reports)
+    unregistered = [] if ids else unregistered_paths(store.root, chosen)
+    ok = all(r.ok for r in reports) and not unregistered
     if json_:
         payload = {
             "manifest": str(store.manifest_path),
             "manifest_version": registry.manifest_version,
             "ok": ok,
             "models": [r.to_dict() for r in reports],
+            "unregistered": unregistered,
         }
         _write_json(json.dumps(payload, indent=2))
     else:
-        _print_reports(reports)
-        if not ok:
+        _print_reports(reports, store.root, unregistered)
+        if unregistered:
+            err.print(
+                "Folders that no model lists were left by a killed preparation (the next "
+                "`offline-asr models prepare` or `models remove` clears those) or copied in by "
+                "hand: delete them, or register them with `offline-asr models prepare`."
+            )
+        if not all(r.ok for r in reports):
             err.print(f"Some files differ from the manifest. {Settings().offline_asr_bundle_hint}")
     if not ok:
         raise typer.Exit(EXIT_CHECK_FAILED)

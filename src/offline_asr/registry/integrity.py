@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from offline_asr.constants import CHECKSUM_NAME, HASH_CHUNK
@@ -105,6 +105,38 @@ def unlisted_files(root: Path, model: ModelMetadata) -> list[str]:
         links = [d for d in dirnames if Path(dirpath, d).is_symlink()]
         found += [f"{relative}/{name}" for name in filenames + links]
     return sorted(path for path in found if path not in listed)
+
+
+def unregistered_paths(root: Path, models: list[ModelMetadata]) -> list[str]:
+    """Folders (and stray files or links beside model folders) that belong to no listed model,
+    e.g. left by a killed preparation or copied in by hand. Top-level files (the manifest, its
+    schema) and hidden top-level entries (the store's own) are not looked at."""
+    folders = {model.path for model in models}
+    ancestors = {str(parent) for path in folders for parent in PurePosixPath(path).parents}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        relative = Path(dirpath).relative_to(root).as_posix()
+        if relative != "." and relative not in ancestors:
+            dirnames.clear()
+            if _holds_files(Path(dirpath)):
+                found.append(relative)
+            continue
+        prefix = "" if relative == "." else f"{relative}/"
+        if prefix:
+            found += [prefix + name for name in filenames]
+        else:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        links = {d for d in dirnames if Path(dirpath, d).is_symlink()}
+        found += [prefix + d for d in links if prefix + d not in folders]  # models: see verify
+        dirnames[:] = [d for d in dirnames if d not in links and prefix + d not in folders]
+    return sorted(found)
+
+
+def _holds_files(folder: Path) -> bool:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if filenames or any(Path(dirpath, d).is_symlink() for d in dirnames):
+            return True
+    return False
 
 
 def _check_checksum_file(root: Path, model: ModelMetadata) -> list[FileProblem]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -213,26 +212,3 @@ class ModelStore:
         index = text.find("\n## ")
         text = text + entry if index < 0 else text[: index + 1] + entry + text[index + 1 :]
         write_atomic(self.changelog_path, text)
-
-
-def remove_model(store: ModelStore, model_id: str) -> Manifest:
-    """Drop a model's entry and files; the folder is moved aside first and restored on failure."""
-    with store.locked():
-        manifest = store.load()
-        model = store.get(manifest, model_id)
-        folder = store.root / model.path
-        trash = store.staging / f"removed-{model_id}.{os.getpid()}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        if folder.exists():
-            folder.rename(trash)
-        try:
-            remaining = [m for m in manifest.models if m.id != model_id]
-            change = diff_model(model, None)
-            assert change is not None
-            updated = store.save(manifest.model_copy(update={"models": remaining}), [change])
-        except BaseException:
-            if trash.exists():
-                trash.rename(folder)
-            raise
-        shutil.rmtree(trash, ignore_errors=True)
-        return updated
