@@ -136,7 +136,7 @@ def _select(
     registry without models is refused, so that no verdict is given about nothing."""
     store = _store(manifest)
     registry = store.load_models(purpose)
-    return store, registry, [store.get(registry, i) for i in ids] if ids else registry.models
+    return store, registry, store.select(registry, ids) if ids else registry.models
 
 
 def _version(value: bool) -> None:
@@ -340,12 +340,11 @@ def sync(
 
     The manifest is never changed: a source that no longer gives the listed bytes is an error.
     """
-    store, registry, chosen = _select(manifest, ids, "sync")
-    for report in verify_models(store.root, chosen):
+    store, _, chosen = _select(manifest, ids, "sync")
+    for model, report in zip(chosen, verify_models(store.root, chosen), strict=True):
         if report.ok:
             out.print(_tagged("OK      ", "green", report.model_id))
             continue
-        model = store.get(registry, report.model_id)
         restore_model(store, model)
         out.print(
             _tagged("RESTORED", "cyan", f"{model.id} from its pinned {model.source.kind} source")

@@ -81,9 +81,10 @@ def check_weights(store: ModelStore, model: ModelMetadata, *, full: bool = False
             )
         to_hash[path] = artifact.sha256
     _refuse_unlisted(store, model)
-    cache = VerifiedCache(store.root, trust=not full)
+    cache = VerifiedCache(store.root)
     identities = {path: file_identity(path) for path in to_hash}
-    to_hash = {p: sha for p, sha in to_hash.items() if not cache.vouches(identities[p], sha)}
+    if not full:
+        to_hash = {p: sha for p, sha in to_hash.items() if not cache.vouches(identities[p], sha)}
     if not to_hash:
         return
     for path, digest in hash_files(to_hash, f"verifying {model.id}").items():
@@ -101,11 +102,11 @@ def check_weights(store: ModelStore, model: ModelMetadata, *, full: bool = False
 def _refuse_unlisted(store: ModelStore, model: ModelMetadata) -> None:
     unlisted = unlisted_files(store.root, model)
     if unlisted:
+        is_, it = ("is", "it") if len(unlisted) == 1 else ("are", "them")
         raise IntegrityError(
-            f"model {model.id!r}: {', '.join(unlisted)} "
-            f"{'is' if len(unlisted) == 1 else 'are'} in the model's folder but not listed in "
-            "the manifest; the engine could read it, so the model is not loaded. Delete or move "
-            f"it out of {model.path}/ (`offline-asr models verify` lists every such file); if "
-            "the model needs it, prepare the model again (`offline-asr models prepare`) so that "
-            "the manifest lists it."
+            f"model {model.id!r}: {', '.join(unlisted)} {is_} in the model's folder but not "
+            "listed in the manifest; engines read files from that folder by name, so the model "
+            f"is not loaded. Delete or move {it} out of {model.path}/ (`offline-asr models "
+            f"verify` lists every such file), or, if the model needs {it}, prepare the model "
+            "again (`offline-asr models prepare`) so that the manifest lists it."
         )

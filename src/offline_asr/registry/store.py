@@ -167,6 +167,11 @@ class ModelStore:
             )
         return model
 
+    def select(self, manifest: Manifest, model_ids: list[str]) -> list[ModelMetadata]:
+        """The entries with these ids, in this order (one pass over the manifest)."""
+        index = {model.id: model for model in manifest.models}
+        return [index.get(i) or self.get(manifest, i) for i in model_ids]
+
     def locked(self, *, create: bool = False) -> AbstractContextManager[None]:
         """Hold the store's write lock; a second writer fails at once instead of racing.
 

@@ -69,9 +69,9 @@ def _read(path: Path) -> dict[str, str]:
 class VerifiedCache:
     """file identity -> the sha256 it had when it was hashed."""
 
-    def __init__(self, store_root: Path, *, trust: bool = True) -> None:
+    def __init__(self, store_root: Path) -> None:
         self.path = store_root / VERIFY_CACHE_NAME
-        self.entries = _read(self.path) if trust else {}
+        self.entries = _read(self.path)
 
     def vouches(self, identity: str, sha256: str) -> bool:
         return self.entries.get(identity) == sha256
