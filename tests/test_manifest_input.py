@@ -145,3 +145,22 @@ def test_user_text_in_tables_and_reports_is_printed_as_it_is(
     verified = cli("models", "verify", manifest=tiny_store.manifest_path)
     assert verified.exit_code == 1
     assert "whisper/tiny.en/[red]x.bin" in verified.stdout
+
+
+def test_progress_bars_show_file_names_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal `transcribe` crashed before the audio was decoded (the bar formatted a total
+    of None), and a file named `[/]x.wav` crashed it too (rich read the name as markup)."""
+    import io
+
+    from rich.console import Console
+
+    from offline_asr import progress
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
+    monkeypatch.setattr(progress, "stderr_console", terminal)
+    with progress.transcription_progress("[/]x [red]y.wav") as bar:
+        bar.start(1.0)
+    with progress.byte_progress("copying [/]usb", 10) as advance:
+        advance(10)
+    shown = terminal.file.getvalue()
+    assert "[/]x [red]y.wav" in shown and "copying [/]usb" in shown
