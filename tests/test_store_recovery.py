@@ -9,6 +9,7 @@ test, with no patching at all.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,3 +160,47 @@ def test_a_preparation_killed_during_its_smoke_test(
     assert "whisper/tiny.en" in human.stdout and "not in the manifest" in human.stdout
     _next_writer_settles(store, cli, ct2_dir)
     assert state_of(store) == seeded
+
+
+# --- what recovery must never touch ---------------------------------------------------------
+
+
+def _plant(store: ModelStore, name: str, journal: dict[str, object]) -> Path:
+    work = store.staging / name
+    work.mkdir(parents=True)
+    (work / "journal.json").write_text(json.dumps(journal))
+    return work
+
+
+def test_a_journal_naming_a_folder_outside_the_store_is_left_alone(
+    store: ModelStore, cli: Cli, ct2_dir: Path, seeded: dict[str, str], tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "data.txt").write_text("precious")
+    _plant(store, "evil.1", {"model_id": "evil", "folder": "../outside", "after": []})
+    assert cli(*PREPARE, *FAKE, "--from-dir", str(ct2_dir)).exit_code == 0
+    assert (outside / "keep" / "data.txt").is_file(), "recovery deleted a folder outside"
+    assert _leftovers(store) == ["evil.1"]
+
+
+def test_a_journal_naming_another_models_folder_is_left_alone(
+    store: ModelStore, cli: Cli, ct2_dir: Path, seeded: dict[str, str]
+) -> None:
+    _plant(store, "other.1", {"model_id": "other", "folder": "whisper/fake", "after": []})
+    assert cli(*PREPARE, *FAKE, "--from-dir", str(ct2_dir)).exit_code == 0
+    assert state_of(store) == seeded, "recovery removed another model's folder"
+    assert _leftovers(store) == ["other.1"]
+
+
+def test_a_linked_staging_folder_is_refused(
+    store: ModelStore, cli: Cli, ct2_dir: Path, seeded: dict[str, str], tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "victim.123").mkdir(parents=True)
+    (elsewhere / "victim.123" / "data.txt").write_text("precious")
+    shutil.rmtree(store.staging, ignore_errors=True)
+    store.staging.symlink_to(elsewhere)
+    result = cli(*PREPARE, *FAKE, "--from-dir", str(ct2_dir))
+    assert result.exit_code == 2 and "symbolic link" in result.stderr
+    assert (elsewhere / "victim.123" / "data.txt").read_text() == "precious"

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from offline_asr.errors import StoreError
 from offline_asr.registry.store import ModelStore, diff_model, write_atomic
-from offline_asr.schemas import Artifact, Manifest
+from offline_asr.schemas import Artifact, Manifest, StorePath
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ JOURNAL = "journal.json"
 NEW = "model"  # the new folder, until it is moved into the store
 PREVIOUS = "previous"  # the store's old folder, until the manifest no longer needs it
 DOWNLOADS = "downloads"  # interrupted hub downloads: kept, the next preparation resumes them
+WORK_NAME = re.compile(r".+\.[0-9]+")  # NAME.PID: anything else in .staging is left alone
 
 
 class Journal(BaseModel):
@@ -36,7 +39,7 @@ class Journal(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_id: str
-    folder: str
+    folder: StorePath
     after: list[Artifact] | None  # what the manifest lists once committed; None: removed
 
 
@@ -55,10 +58,15 @@ def write_journal(work: Path, journal: Journal) -> None:
 
 def recover(store: ModelStore, manifest: Manifest) -> None:
     """Settle and delete the work folders of killed processes (call with the lock held)."""
+    if store.staging.is_symlink():
+        raise StoreError(
+            f"{store.staging} is a symbolic link; offline-asr keeps its work folders there and "
+            "deletes old ones, so it does not follow links: remove the link"
+        )
     if not store.staging.is_dir():
         return
     for work in sorted(store.staging.iterdir()):
-        if work.name == DOWNLOADS or work.is_symlink() or not work.is_dir():
+        if not WORK_NAME.fullmatch(work.name) or work.is_symlink() or not work.is_dir():
             continue
         journal_path = work / JOURNAL
         if journal_path.is_file():
@@ -67,15 +75,22 @@ def recover(store: ModelStore, manifest: Manifest) -> None:
             except (OSError, ValidationError) as error:
                 log.warning("leaving %s alone: its journal is unreadable (%s)", work, error)
                 continue
-            _settle(store, manifest, work, journal)
+            if not _settle(store, manifest, work, journal):
+                continue
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _settle(store: ModelStore, manifest: Manifest, work: Path, journal: Journal) -> None:
+def _settle(store: ModelStore, manifest: Manifest, work: Path, journal: Journal) -> bool:
+    """Finish or undo one change; False when it is not ours to touch (the folder belongs to
+    another model: a journal that was not written by offline-asr)."""
+    owners = {m.id for m in manifest.models if m.path == journal.folder} - {journal.model_id}
+    if owners:
+        log.warning("leaving %s alone: %s belongs to %s", work, journal.folder, owners.pop())
+        return False
     entry = manifest.get(journal.model_id)
     listed = entry.artifacts if entry is not None and entry.path == journal.folder else None
     if listed == journal.after:
-        return  # committed: `previous` is no longer needed
+        return True  # committed: `previous` is no longer needed
     target = store.root / journal.folder
     if journal.after is not None and not (work / NEW).exists() and target.exists():
         target.rename(work / "unregistered")  # moved in, never registered
@@ -84,6 +99,7 @@ def _settle(store: ModelStore, manifest: Manifest, work: Path, journal: Journal)
         target.parent.mkdir(parents=True, exist_ok=True)
         (work / PREVIOUS).rename(target)
         log.warning("restored %s as the manifest lists it", target)
+    return True
 
 
 def remove_model(store: ModelStore, model_id: str) -> Manifest:
