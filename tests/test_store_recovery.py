@@ -172,15 +172,20 @@ def _plant(store: ModelStore, name: str, journal: dict[str, object]) -> Path:
     return work
 
 
+def _precious(folder: Path) -> Path:
+    """A file that must survive whatever recovery does."""
+    folder.mkdir(parents=True)
+    (folder / "data.txt").write_text("precious")
+    return folder / "data.txt"
+
+
 def test_a_journal_naming_a_folder_outside_the_store_is_left_alone(
     store: ModelStore, cli: Cli, ct2_dir: Path, seeded: dict[str, str], tmp_path: Path
 ) -> None:
-    outside = tmp_path / "outside"
-    (outside / "keep").mkdir(parents=True)
-    (outside / "keep" / "data.txt").write_text("precious")
+    precious = _precious(tmp_path / "outside" / "keep")
     _plant(store, "evil.1", {"model_id": "evil", "folder": "../outside", "after": []})
     assert cli(*PREPARE, *FAKE, "--from-dir", str(ct2_dir)).exit_code == 0
-    assert (outside / "keep" / "data.txt").is_file(), "recovery deleted a folder outside"
+    assert precious.is_file(), "recovery deleted a folder outside the store"
     assert _leftovers(store) == ["evil.1"]
 
 
@@ -196,11 +201,9 @@ def test_a_journal_naming_another_models_folder_is_left_alone(
 def test_a_linked_staging_folder_is_refused(
     store: ModelStore, cli: Cli, ct2_dir: Path, seeded: dict[str, str], tmp_path: Path
 ) -> None:
-    elsewhere = tmp_path / "elsewhere"
-    (elsewhere / "victim.123").mkdir(parents=True)
-    (elsewhere / "victim.123" / "data.txt").write_text("precious")
+    precious = _precious(tmp_path / "elsewhere" / "victim.123")
     shutil.rmtree(store.staging, ignore_errors=True)
-    store.staging.symlink_to(elsewhere)
+    store.staging.symlink_to(tmp_path / "elsewhere")
     result = cli(*PREPARE, *FAKE, "--from-dir", str(ct2_dir))
     assert result.exit_code == 2 and "symbolic link" in result.stderr
-    assert (elsewhere / "victim.123" / "data.txt").read_text() == "precious"
+    assert precious.is_file()
