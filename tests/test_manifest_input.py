@@ -156,11 +156,12 @@ def test_progress_bars_show_file_names_as_they_are(monkeypatch: pytest.MonkeyPat
 
     from offline_asr import progress
 
-    terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=100)
     monkeypatch.setattr(progress, "stderr_console", terminal)
     with progress.transcription_progress("[/]x [red]y.wav") as bar:
         bar.start(1.0)
     with progress.byte_progress("copying [/]usb", 10) as advance:
         advance(10)
-    shown = terminal.file.getvalue()
+    shown = screen.getvalue()
     assert "[/]x [red]y.wav" in shown and "copying [/]usb" in shown
