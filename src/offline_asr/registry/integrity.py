@@ -141,8 +141,10 @@ def unlisted_files(root: Path, model: ModelMetadata) -> list[str]:
                         folders.append(relative)
                     elif relative not in listed:  # files, and links (to folders too)
                         found.append(relative)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError:  # unreadable: what it holds cannot be vouched for
+            found.append(folder)
     return sorted(found)
 
 
