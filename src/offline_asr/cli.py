@@ -13,6 +13,7 @@ from typing import Annotated, Literal, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from offline_asr import __version__
 from offline_asr.config import Settings
@@ -20,10 +21,12 @@ from offline_asr.constants import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERR
 from offline_asr.device import Device
 from offline_asr.errors import OfflineAsrError
 from offline_asr.offline import FETCHING_COMMANDS, go_offline
+from offline_asr.plain_output import columns, paint, write_lines
 from offline_asr.progress import transcription_progress
-from offline_asr.registry.integrity import ModelReport, verify_models
+from offline_asr.registry.changes import remove_model
+from offline_asr.registry.integrity import ModelReport, unregistered_paths, verify_models
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
-from offline_asr.registry.store import ModelStore, remove_model
+from offline_asr.registry.store import ModelStore
 from offline_asr.schemas import Manifest, ModelMetadata
 
 app = typer.Typer(
@@ -50,9 +53,10 @@ env_app = typer.Typer(
 app.add_typer(env_app, name="env")
 app.add_typer(audit_app, name="audit")
 
-# Wide enough for tables when piped; a terminal uses its own width.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+# Wide enough for tables when piped; a terminal uses its own width. Markup is off: ids, paths,
+# transcripts and error messages hold `[...]` that rich would eat; colour comes from `Text`.
+out = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+err = Console(stderr=True, markup=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,6 +90,20 @@ LockOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _tagged(tag: str, style: str, message: object) -> Text:
+    """`tag` in colour, then `message` exactly as it is."""
+    return Text.assemble((tag, style), " ", str(message))
+
+
+def _error(message: object) -> None:
+    err.print(_tagged("error:", "bold red", message), highlight=False, soft_wrap=True)
+
+
+def _write_json(payload: str) -> None:
+    """JSON to stdout as it is (rich would highlight it line by line: slow on a big manifest)."""
+    sys.stdout.write(payload + "\n")
+
+
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn our errors into a one-paragraph message and the contract's exit code."""
 
@@ -94,12 +112,11 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except OfflineAsrError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            _error(error)
             raise typer.Exit(error.exit_code) from error
         except KeyboardInterrupt:
-            err.print(
-                "[bold yellow]interrupted:[/] the manifest and the store were left as they were"
-            )
+            note = "the manifest and the store were left as they were"
+            err.print(_tagged("interrupted:", "bold yellow", note))
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
@@ -114,12 +131,13 @@ def _store(manifest: Path | None, target: Path | None = None) -> ModelStore:
 
 
 def _select(
-    manifest: Path | None, ids: list[str] | None
+    manifest: Path | None, ids: list[str] | None, purpose: str
 ) -> tuple[ModelStore, Manifest, list[ModelMetadata]]:
-    """The store, its manifest, and the models named by `ids` (all when none are named)."""
+    """The store, its manifest, and the models named by `ids` (all when none are named); a
+    registry without models is refused, so that no verdict is given about nothing."""
     store = _store(manifest)
-    registry = store.load()
-    return store, registry, [store.get(registry, i) for i in ids] if ids else registry.models
+    registry = store.load_models(purpose)
+    return store, registry, store.select(registry, ids) if ids else registry.models
 
 
 def _version(value: bool) -> None:
@@ -224,13 +242,13 @@ def prepare(
     model = result.model
     if result.registered:
         out.print(
-            f"registered [bold]{model.id}[/] ({len(model.artifacts)} files, {model.size:,} bytes); "
+            f"registered {model.id} ({len(model.artifacts)} files, {model.size:,} bytes); "
             f"manifest_version is now {result.manifest_version}"
         )
     elif result.restored:
-        out.print(f"[bold]{model.id}[/] files restored; the manifest entry was already up to date")
+        out.print(f"{model.id} files restored; the manifest entry was already up to date")
     else:
-        out.print(f"[bold]{model.id}[/] is already prepared and verified; nothing changed")
+        out.print(f"{model.id} is already prepared and verified; nothing changed")
 
 
 def _human_size(size: int) -> str:
@@ -244,20 +262,15 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
     store = _store(manifest)
     registry = store.load()
     if json_:
-        out.print_json(registry.model_dump_json(exclude_none=True))
+        _write_json(registry.model_dump_json(indent=2, exclude_none=True))
         return
-    table = Table(title=f"{store.manifest_path} (manifest_version {registry.manifest_version})")
-    for column in (
-        "id",
-        "engine",
-        "variant",
-        "precision/compute",
-        "size",
-        "languages",
-        "source",
-        "license",
-    ):
-        table.add_column(column)
+    if not registry.models:
+        out.print(
+            f"{store.manifest_path} (manifest_version {registry.manifest_version}) lists no "
+            "models: register one with `offline-asr models prepare` or install an offline bundle"
+        )
+        return
+    rows = []
     for model in registry.models:
         languages = (
             ",".join(model.languages)
@@ -267,33 +280,29 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
         src = model.source
         origin = ", ".join(src.packages) or src.url or src.path or src.generator or ""
         source = f"{src.kind}: " + (f"{src.repo}@{src.commit[:12]}" if src.commit else origin)
-        name = model.id + ("\n[yellow](structural test model)[/]" if model.description else "")
-        table.add_row(
-            name,
-            model.engine,
-            model.variant,
-            f"{model.precision}/{model.compute_type}",
-            _human_size(model.size),
-            languages,
-            source,
-            model.license,
-        )
-    out.print(table)
+        name = model.id + (" (structural test model)" if model.description else "")
+        rows.append((name, model.engine, model.variant, f"{model.precision}/{model.compute_type}",
+                     _human_size(model.size), languages, source, model.license))  # fmt: skip
+    headers = ("id", "engine", "variant", "precision/compute", "size", "languages", "source",
+               "license")  # fmt: skip
+    title = f"{store.manifest_path} (manifest_version {registry.manifest_version})"
+    write_lines(out, [title, *columns(headers, rows, out)])
 
 
-def _print_reports(reports: list[ModelReport]) -> None:
+def _print_reports(reports: list[ModelReport], root: Path, unregistered: list[str]) -> None:
+    ok, failed = paint("OK    ", "green", out), paint("FAILED", "red", out)
+    lines = []
     for report in reports:
         if report.ok:
-            out.print(
-                f"[green]OK[/]     {report.model_id}: {report.files_checked} files, "
-                f"{report.bytes_checked:,} bytes match the manifest"
-            )
+            lines.append(f"{ok} {report.model_id}: {report.files_checked} files, "
+                         f"{report.bytes_checked:,} bytes match the manifest")  # fmt: skip
             continue
-        out.print(f"[red]FAILED[/] {report.model_id}:")
-        for problem in report.problems:
-            out.print(
-                f"         {problem.problem:>9}  {problem.path}: {problem.detail}", highlight=False
-            )
+        lines.append(f"{failed} {report.model_id}:")
+        lines += [f"         {p.problem:>9}  {p.path}: {p.detail}" for p in report.problems]
+    if unregistered:
+        lines.append(f"{failed} {root}: holds what no model in the manifest lists")
+        lines += [f"         unregistered  {path}: not in the manifest" for path in unregistered]
+    write_lines(out, lines)
 
 
 @models_app.command("verify")
@@ -303,21 +312,30 @@ def verify(
     json_: JsonOption = False,
     manifest: ManifestOption = None,
 ) -> None:
-    """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files."""
-    store, registry, chosen = _select(manifest, ids)
+    """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files.
+    Without ID, also on folders in the store that no model lists."""
+    store, registry, chosen = _select(manifest, ids, "verify")
     reports = verify_models(store.root, chosen)
-    ok = all(r.ok for r in reports)
+    unregistered = [] if ids else unregistered_paths(store.root, chosen)
+    ok = all(r.ok for r in reports) and not unregistered
     if json_:
         payload = {
             "manifest": str(store.manifest_path),
             "manifest_version": registry.manifest_version,
             "ok": ok,
             "models": [r.to_dict() for r in reports],
+            "unregistered": unregistered,
         }
-        out.print_json(json.dumps(payload))
+        _write_json(json.dumps(payload, indent=2))
     else:
-        _print_reports(reports)
-        if not ok:
+        _print_reports(reports, store.root, unregistered)
+        if unregistered:
+            err.print(
+                "Folders that no model lists were left by a killed preparation (the next "
+                "`offline-asr models prepare` or `models remove` clears those) or copied in by "
+                "hand: delete them, or register them with `offline-asr models prepare`."
+            )
+        if not all(r.ok for r in reports):
             err.print(f"Some files differ from the manifest. {Settings().offline_asr_bundle_hint}")
     if not ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -333,14 +351,15 @@ def sync(
 
     The manifest is never changed: a source that no longer gives the listed bytes is an error.
     """
-    store, registry, chosen = _select(manifest, ids)
-    for report in verify_models(store.root, chosen):
+    store, _, chosen = _select(manifest, ids, "sync")
+    for model, report in zip(chosen, verify_models(store.root, chosen), strict=True):
         if report.ok:
-            out.print(f"[green]OK[/]       {report.model_id}")
+            out.print(_tagged("OK      ", "green", report.model_id))
             continue
-        model = store.get(registry, report.model_id)
         restore_model(store, model)
-        out.print(f"[cyan]RESTORED[/] {model.id} from its pinned {model.source.kind} source")
+        out.print(
+            _tagged("RESTORED", "cyan", f"{model.id} from its pinned {model.source.kind} source")
+        )
 
 
 @models_app.command("remove")
@@ -351,7 +370,7 @@ def remove(
 ) -> None:
     """Delete a model's files and its manifest entry (bumps manifest_version)."""
     updated = remove_model(_store(manifest), model_id)
-    out.print(f"removed [bold]{model_id}[/]; manifest_version is now {updated.manifest_version}")
+    out.print(f"removed {model_id}; manifest_version is now {updated.manifest_version}")
 
 
 @models_app.command("smoke")
@@ -363,14 +382,15 @@ def smoke(
     the golden output recorded at preparation (and say what probably changed)."""
     from offline_asr.smoke import check_smoke
 
-    store, registry, chosen = _select(manifest, ids)
+    store, registry, chosen = _select(manifest, ids, "smoke-test")
     reports = [check_smoke(store, model, registry.manifest_version) for model in chosen]
     if json_:
         out.print_json(json.dumps([r.to_dict() for r in reports], ensure_ascii=False))
     for report in reports if not json_ else []:
-        status = "[green]OK[/]    " if report.ok else "[red]FAILED[/]"
+        status = _tagged("OK    ", "green", "") if report.ok else _tagged("FAILED", "red", "")
         bound = f" (bound {report.max_wer})" if report.max_wer is not None else " (no bound)"
-        out.print(f"{status} {report.model_id}: WER {report.wer:.2f}{bound}, {report.text!r}")
+        status.append(f"{report.model_id}: WER {report.wer:.2f}{bound}, {report.text!r}")
+        out.print(status)
         for problem in report.problems:
             out.print(f"       {problem}", highlight=False)
     if not all(r.ok for r in reports):
@@ -450,7 +470,7 @@ def transcribe(
                     path, options, on_audio=progress.start, on_segment=progress.advance
                 )
         except OfflineAsrError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            _error(error)
             failed += 1
             continue
         text = render(result, output_format)
@@ -704,11 +724,11 @@ def doctor(
             table.add_column(column, overflow="fold")
         colours = {"ok": "green", "warn": "yellow", "fail": "red"}
         for check in report.checks:
-            status = f"[{colours[check.status]}]{check.status.upper()}[/]"
+            status = Text(check.status.upper(), style=colours[check.status])
             table.add_row(check.area, check.subject, status, check.detail)
         out.print(table)
-        verdict = "[green]HEALTHY[/]" if report.ok else "[red]NOT HEALTHY[/]"
-        out.print(f"verdict: {verdict}")
+        verdict = Text("HEALTHY", "green") if report.ok else Text("NOT HEALTHY", "red")
+        out.print(Text.assemble("verdict: ", verdict))
         for step in report.next_steps():
             out.print(f"  next: {step}", highlight=False)
     if not report.ok:

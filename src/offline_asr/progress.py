@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
@@ -26,7 +27,7 @@ Advance = Callable[[int], None]
 def byte_progress(description: str, total: int | None) -> Iterator[Advance]:
     """Yield a callback that advances one bar by a number of bytes (thread-safe)."""
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # file names may hold `[...]`
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -60,9 +61,10 @@ class HasEnd(Protocol):
 @contextmanager
 def transcription_progress(name: str) -> Iterator[TranscriptionProgress]:
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # file names may hold `[...]`
         BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        MofNCompleteColumn(),  # seconds done / in total ("?" until the audio is decoded)
+        TextColumn("s"),
         TimeRemainingColumn(),
         console=stderr_console,
         transient=True,
