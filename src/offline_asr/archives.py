@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import zstandard
@@ -13,6 +15,39 @@ from offline_asr.errors import SourceError
 from offline_asr.schemas import check_store_path
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip")
+HEADER_LIMIT = 64 << 10
+"""Largest pax or GNU long-name header read (real ones hold a path and a few numbers)."""
+_EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                     tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)  # fmt: skip
+
+
+class HeaderTooLargeError(tarfile.TarError):
+    """An extended header bigger than HEADER_LIMIT (tarfile would read it whole into memory)."""
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an oversized pax or GNU long-name header before it is read."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_HEADERS and self.size > HEADER_LIMIT:
+            raise HeaderTooLargeError(
+                f"a tar header of {self.size:,} bytes, larger than the {HEADER_LIMIT:,}-byte "
+                "limit for one"
+            )
+        # tarfile.py names _proc_member as the point to override; typeshed does not list it.
+        member: tarfile.TarInfo = super()._proc_member(archive)  # type: ignore[misc]
+        return member
+
+
+@contextmanager
+def zstd_tar_stream(archive: Path) -> Iterator[tarfile.TarFile]:
+    """Read a .tar.zst as a stream of members, with bounded headers."""
+    with (
+        archive.open("rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as zst,
+        tarfile.open(fileobj=zst, mode="r|", tarinfo=BoundedTarInfo) as stream,
+    ):
+        yield stream
 
 
 def is_archive(name: str) -> bool:
@@ -70,14 +105,10 @@ def extract_archive(archive: Path, out: Path) -> None:
                     with stream.open(info) as source, target.open("wb") as sink:
                         shutil.copyfileobj(source, sink, 4 * 1024 * 1024)
         elif name.endswith((".tar.zst", ".tzst")):
-            with (
-                archive.open("rb") as raw,
-                zstandard.ZstdDecompressor().stream_reader(raw) as zst,
-                tarfile.open(fileobj=zst, mode="r|") as stream,
-            ):
+            with zstd_tar_stream(archive) as stream:
                 _extract_tar(stream, archive, out)
         else:
-            with tarfile.open(archive, mode="r:*") as stream:
+            with tarfile.open(archive, mode="r:*", tarinfo=BoundedTarInfo) as stream:
                 _extract_tar(stream, archive, out)
     except (tarfile.TarError, zipfile.BadZipFile, zstandard.ZstdError, EOFError) as error:
         raise SourceError(f"{archive} is not a readable archive: {error}") from error
