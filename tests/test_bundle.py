@@ -59,12 +59,15 @@ from support.bundles import (
     invoke,
     measured,
     padded,
+    pax_header,
+    raw_blocks,
     read_members,
     regular,
     relisted,
     sha256_of,
     snapshot,
     special,
+    tar_header,
     write_bundle,
     write_sidecar,
 )
@@ -749,6 +752,66 @@ def _huge_pax_header(members: list[Member]) -> list[Member]:
     return [*members[:index], bomb, *members[index:]]
 
 
+def _before_install_txt(members: list[Member], *inserted: Member) -> list[Member]:
+    """The members relisted, with `inserted` (not listed) just before INSTALL.txt."""
+    members = relisted(members)
+    index = next(i for i, m in enumerate(members) if m.name == "INSTALL.txt")
+    return [*members[:index], *inserted, *members[index:]]
+
+
+def _sparse_file(members: list[Member]) -> list[Member]:
+    """An old GNU sparse entry whose map goes on for 64 MiB of extension blocks."""
+
+    def extended(block: bytearray) -> None:
+        block[482], block[483:495] = 1, b"%011o\0" % 1000
+
+    entries = bytearray(512)
+    for i in range(21):
+        entries[i * 24 : (i + 1) * 24] = b"%011o\0%011o\0" % (i + 1, 1)
+    more, last = bytes(entries[:504]) + b"\1" + bytes(7), bytes(entries[:504]) + bytes(8)
+    blocks = tar_header("junk/sparse", tarfile.GNUTYPE_SPARSE, 0, extended)
+    blocks += more * ((64 << 20) // 512) + last
+    return _before_install_txt(members, raw_blocks("junk/sparse", blocks))
+
+
+def _sparse_map(members: list[Member]) -> list[Member]:
+    """A GNU sparse 1.0 entry: its map (3 million pairs) is read from its data, unbounded."""
+    pairs = 3_000_000
+    sparse = regular("junk/sparse", b"%d\n" % pairs + b"1000\n" * (2 * pairs))
+    sparse.info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": "junk/sparse",
+        "GNU.sparse.realsize": "1",
+    }
+    return _before_install_txt(members, sparse)  # fmt: skip
+
+
+def _header_chain(members: list[Member]) -> list[Member]:
+    """5,000 pax headers in a row (tarfile follows them recursively)."""
+    return _before_install_txt(members, raw_blocks("chain", pax_header({"c": "x"}) * 5000))
+
+
+def _global_keys(members: list[Member]) -> list[Member]:
+    """4,000 listed empty files, each after a pax global header with a new key (tarfile keeps
+    the keys, and every member a copy of them)."""
+    junk = [regular(f"junk/{i}", b"") for i in range(4000)]
+    headers = [
+        raw_blocks("g", pax_header({f"k{i}": "v" * 100}, tarfile.XGLTYPE)) for i in range(4000)
+    ]
+    head, *rest = relisted([*members, *junk])
+    return [head, *rest[:-4000], *(m for pair in zip(headers, junk, strict=True) for m in pair)]
+
+
+def _members_kept(members: list[Member]) -> list[Member]:
+    """1,000 listed empty files with a 60 kB pax header each (tarfile keeps every member it
+    read, with its headers), then a file bundle.json does not list."""
+    junk = [regular(f"junk/{i}", b"") for i in range(1000)]
+    for member in junk:
+        member.info.pax_headers = {"comment": "x" * 60_000}
+    return [*relisted([*members, *junk]), regular("junk/unlisted", b"")]
+
+
 CRAFTED: dict[str, tuple[Callable[[list[Member]], list[Member]], str]] = {
     # Unsafe paths are refused already when bundle.json lists them.
     "dotdot": (_parent, "path '../escaped' must not contain '..'"),
@@ -821,12 +884,18 @@ CRAFTED: dict[str, tuple[Callable[[list[Member]], list[Member]], str]] = {
     ),
     "entry-smaller-than-listed": (_entry_smaller_than_listed, "INSTALL.txt is "),
     "huge-pax-header": (_huge_pax_header, "header of 1,073,741,824 bytes"),
+    "sparse-file": (_sparse_file, "'junk/sparse' is a sparse file"),
+    "sparse-map": (_sparse_map, "a GNU sparse 1.0 file"),
+    "header-chain": (_header_chain, "more than 4 tar headers in a row"),
+    "global-header-keys": (_global_keys, "more than 64 pax global header keys"),
+    "members-kept": (_members_kept, "junk/unlisted is in the archive but not in bundle.json"),
 }
 """Each hostile archive, the flaw it carries, and a fragment of the one message that refuses it."""
 
-# What refusing any of them may cost: the fixed code reads and writes almost nothing of a
-# hostile bundle; the broken one held or wrote the 1 GiB entries whole.
-COST_BOUND = 64 << 20
+# What refusing any of them may cost: the fixed code holds and writes a few MiB at most (its
+# read buffers); the broken one held or wrote the 1 GiB entries whole, and held 60 MB to
+# several GB for the tar header tricks.
+COST_BOUND = 32 << 20
 
 
 def test_crafted_archive_control_installs(series: Series, target: Path, tmp_path: Path) -> None:

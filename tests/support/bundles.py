@@ -85,11 +85,13 @@ def snapshot(root: Path) -> dict[str, str]:
 
 @dataclass
 class Member:
-    """One tar entry and its bytes (or, for entries too big to hold, a stream of them)."""
+    """One tar entry and its bytes (or, for entries too big to hold, a stream of them); or
+    `raw` tar blocks, written as they are (headers tarfile itself would not write)."""
 
     info: tarfile.TarInfo
     data: bytes = b""
     stream: Callable[[], BinaryIO] | None = None
+    raw: bytes | None = None
 
     @property
     def name(self) -> str:
@@ -179,12 +181,43 @@ def special(name: str, kind: bytes, linkname: str = "") -> Member:
     return Member(info, b"")
 
 
+def raw_blocks(name: str, data: bytes) -> Member:
+    """Tar blocks written as they are (see `tar_header`, `pax_header`)."""
+    return Member(tarfile.TarInfo(name), raw=data)
+
+
+def tar_header(
+    name: str, kind: bytes, size: int = 0, patch: Callable[[bytearray], None] | None = None
+) -> bytes:
+    """One ustar header block, changed by `patch` before its checksum is computed."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.mode = kind, size, 0o644
+    block = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    if patch is not None:
+        patch(block)
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def pax_header(records: dict[str, str], kind: bytes = tarfile.XHDTYPE) -> bytes:
+    """A pax extended (or, with XGLTYPE, global) header with its records, padded to blocks."""
+    body = b""
+    for key, value in records.items():
+        record = f" {key}={value}\n".encode()
+        length = len(record) + 1
+        while len(str(length)) + len(record) != length:
+            length += 1
+        body += str(length).encode() + record
+    return tar_header("././@PaxHeader", kind, len(body)) + body + b"\0" * (-len(body) % 512)
+
+
 def relisted(members: list[Member], listed: list[Member] | None = None) -> list[Member]:
     """The members with a new bundle.json first, listing `listed` (default: every regular
     member after the head) with their real sha256 and size; other fields are kept."""
     head, rest = members[0], members[1:]
     contents = BundleContents.model_validate_json(head.data)
-    chosen = listed if listed is not None else [m for m in rest if m.info.isfile()]
+    chosen = listed if listed is not None else [m for m in rest if m.info.isfile() and not m.raw]
     files = [
         BundleFile.model_construct(path=m.name, sha256=m.sha256(), size=m.info.size) for m in chosen
     ]
@@ -202,7 +235,12 @@ def write_bundle(members: list[Member], out: Path) -> Path:
     ):
         tar.copybufsize = 1 << 20  # type: ignore[attr-defined]  # 16 kB copies are slow
         for member in members:
-            if member.info.isfile() or member.stream is not None:
+            if member.raw is not None:
+                assert tar.fileobj is not None and len(member.raw) % tarfile.BLOCKSIZE == 0
+                for start in range(0, len(member.raw), 1 << 16):  # tarfile's buffer is 10 kB
+                    tar.fileobj.write(member.raw[start : start + (1 << 16)])
+                tar.offset += len(member.raw)
+            elif member.info.isfile() or member.stream is not None:
                 with member.open() as stream:
                     tar.addfile(member.info, stream)
             else:
