@@ -494,6 +494,13 @@ def _padded_sidecar(armed: Armed, folder: Path, suffix: str) -> Path:
     return bundle
 
 
+def _nested_signature(armed: Armed, folder: Path) -> Path:
+    """A copy of the signed bundle whose `.sig` is 20,000 nested JSON arrays (40 kB)."""
+    bundle = copy_bundle(armed.signed, folder)
+    bundle.with_name(bundle.name + ".sig").write_text("[" * 20_000 + "]" * 20_000)
+    return bundle
+
+
 Invocation = tuple[Path, tuple[str | Path, ...], dict[str, str]]
 """The bundle, extra arguments, extra environment."""
 
@@ -501,6 +508,10 @@ CONFIGURED: dict[str, tuple[Callable[[Armed, Path], Invocation], int, str]] = {
     "sha256-sidecar-padded": (
         lambda a, f: (_padded_sidecar(a, f, ".sha256"), ("--public-key", a.public), {}),
         1, ".sha256 is 1,073,741,824 bytes, larger than",
+    ),
+    "signature-nested": (
+        lambda a, f: (_nested_signature(a, f), ("--public-key", a.public), {}),
+        1, ".sig is not a valid signature file",
     ),
     "signature-padded": (
         lambda a, f: (_padded_sidecar(a, f, ".sig"), ("--public-key", a.public), {}),
@@ -884,6 +895,24 @@ CRAFTED: dict[str, tuple[Callable[[list[Member]], list[Member]], str]] = {
     ),
     "entry-smaller-than-listed": (_entry_smaller_than_listed, "INSTALL.txt is "),
     "huge-pax-header": (_huge_pax_header, "header of 1,073,741,824 bytes"),
+    "huge-lock-file": (
+        lambda members: relisted(
+            [padded(m.name, b"", GIB) if m.name == "locks/uv.lock" else m for m in members]
+        ),
+        "locks/uv.lock is listed with 1,073,741,824 bytes",
+    ),
+    # pydantic builds one error per bad element (and a copy of the input for each): 1 MiB of
+    # `{}` in a list was gigabytes. Now validation stops at the first bad element.
+    "contents-many-errors": (
+        lambda members: _changed(
+            relisted(members), CONTENTS_NAME, lambda c: c.update(files=[{"x": 1}] * 50_000)
+        ),
+        "files.0.x: Extra inputs are not permitted",
+    ),
+    "manifest-many-errors": (
+        _manifest_changed(lambda m: m.update(models=[{}] * 90_000)),
+        "models.0.id: Field required",
+    ),
     "sparse-file": (_sparse_file, "'junk/sparse' is a sparse file"),
     "sparse-map": (_sparse_map, "a GNU sparse 1.0 file"),
     "header-chain": (_header_chain, "more than 4 tar headers in a row"),

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from offline_asr.bundle.limits import METADATA_LIMIT
 from offline_asr.constants import CHECKSUM_NAME
 from offline_asr.registry.integrity import checksum_text
 from offline_asr.schemas import MODEL_ID, Manifest, Sha256, StorePath
@@ -18,6 +19,7 @@ from offline_asr.schemas import MODEL_ID, Manifest, Sha256, StorePath
 BUNDLE_FORMAT: Literal[1] = 1
 CONTENTS_NAME = "bundle.json"
 MANIFEST_IN_BUNDLE = "models/manifest.json"
+LOCKS_DIR = "locks/"
 MAX_VERSION = 2**63 - 1
 
 Version = Annotated[int, Field(strict=True, ge=1, le=MAX_VERSION)]
@@ -62,6 +64,12 @@ class BundleContents(BaseModel):
             )
         if CONTENTS_NAME in paths:
             raise ValueError(f"{CONTENTS_NAME} may not list itself")
+        for item in self.files:
+            if item.path.startswith(LOCKS_DIR) and item.size > METADATA_LIMIT:
+                raise ValueError(
+                    f"{item.path} is listed with {item.size:,} bytes; lock files (read by "
+                    f"`doctor`) may have at most {METADATA_LIMIT:,}"
+                )
         if self.base_manifest_version is None and self.from_base:
             raise ValueError("`from_base` lists files, but no base_manifest_version is named")
         base = self.base_manifest_version

@@ -186,7 +186,7 @@ def _info(release: Path) -> dict[str, Any]:
     """The release's `.bundle-info.json`, or nothing when it is missing or unreadable."""
     try:
         info = json.loads(read_limited(release / INFO_NAME, SIDECAR_LIMIT, "release info"))
-    except (OfflineAsrError, ValueError):
+    except (OfflineAsrError, ValueError, RecursionError):
         return {}
     return info if isinstance(info, dict) else {}
 

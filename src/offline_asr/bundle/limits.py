@@ -12,8 +12,10 @@ from pathlib import Path
 
 from offline_asr.errors import OfflineAsrError
 
-METADATA_LIMIT = 16 << 20
-"""`bundle.json` and the inner `models/manifest.json`: about 100,000 listed files."""
+METADATA_LIMIT = 4 << 20
+"""`bundle.json` and the inner `models/manifest.json` (room for about 30,000 listed files), and
+the lock files, which `doctor` reads. Parsed JSON takes several times its size in memory, and
+an invalid one more (measured: up to 70 times), so this limit is also the memory bound."""
 SIDECAR_LIMIT = 64 << 10
 """`.sha256`, `.sig`, key and identity files, a release's `.bundle-info.json`."""
 

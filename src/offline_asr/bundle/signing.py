@@ -130,7 +130,7 @@ def verify(signature_file: Path, key: Ed25519PublicKey, key_path: Path) -> dict[
         if not isinstance(statement, dict):
             raise TypeError("the statement is not an object")
         key.verify(base64.b64decode(body["signature"]), _canonical(statement))
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise BundleError(f"{signature_file} is not a valid signature file: {error}") from error
     except InvalidSignature as error:
         raise BundleError(
