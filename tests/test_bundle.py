@@ -973,6 +973,16 @@ def test_crafted_archive_is_refused(
     assert_untouched(target, before, series.old)
 
 
+def test_a_current_release_without_its_manifest_is_named(series: Series, target: Path) -> None:
+    """A target left without a manifest (by an install before this check existed, or by hand):
+    every command with --target names the missing file, not "no current release"."""
+    (target / "current" / MANIFEST).unlink()
+    missing = f"{target}/current/{MANIFEST} is missing"
+    refused(invoke("doctor", "--target", target), 2, missing, "bundle rollback")
+    refused(invoke("transcribe", EN, "--model", GIGAAM, "--target", target), 2, missing)
+    refused(invoke("doctor", "--target", target.parent / "nowhere"), 2, "has no current release")
+
+
 def test_delta_without_its_base_is_refused(series: Series, target: Path, tmp_path: Path) -> None:
     """The target has `old`, not `mid` (the delta's base); an empty target has nothing."""
     before = snapshot(target)

@@ -620,8 +620,10 @@ def bundle_install(
     identity: IdentityOption = None,
     public_key: PublicKeyOption = None,
 ) -> None:
-    """Verify, decrypt, unpack safely into a new release, check every artifact, then switch
-    TARGET/current to it atomically. The previous release stays for rollback."""
+    """Make every check of `bundle verify` while unpacking safely into a new release, then
+    check free space, a delta's base release and every artifact as written, and switch
+    TARGET/current to it atomically. The previous release stays for rollback; what killed
+    installs left behind is removed first."""
     from offline_asr.bundle.install import install_bundle
 
     key, age = _key_files(public_key, identity)
