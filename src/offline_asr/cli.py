@@ -620,9 +620,9 @@ def bundle_install(
     identity: IdentityOption = None,
     public_key: PublicKeyOption = None,
 ) -> None:
-    """Make every check of `bundle verify` while unpacking safely into a new release, then
-    check free space, a delta's base release and every artifact as written, and switch
-    TARGET/current to it atomically. The previous release stays for rollback; what killed
+    """Make every check of `bundle verify` (and that the release fits on disk) while unpacking
+    safely into a new release, then check a delta's base release and every artifact as
+    written, and switch TARGET/current to it atomically. The previous release stays for rollback; what killed
     installs left behind is removed first."""
     from offline_asr.bundle.install import install_bundle
 
