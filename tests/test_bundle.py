@@ -836,6 +836,19 @@ CRAFTED: dict[str, tuple[Callable[[list[Member]], list[Member]], str]] = {
     "altered": (_altered, f"{GIGAAM_DIR}/v3_vocab.txt differs from its sha256"),
     "hidden": (_hidden, "path '.bundle-info.json' must not start in a hidden folder"),
     "contents-not-first": (_contents_not_first, "its first entry must be bundle.json"),
+    # Paths that can be checked but not written (install failed where verify passed).
+    "file-and-folder": (
+        lambda members: relisted([*members, regular("junk/a", b"1"), regular("junk/a/b", b"2")]),
+        "junk/a is listed as a file and as a folder",
+    ),
+    "name-too-long": (
+        lambda members: relisted([*members, regular("junk/" + "x" * 300, b"")]),
+        "has a name longer than 255",
+    ),
+    "control-character": (
+        lambda members: relisted([*members, regular("junk/" + "x" * 120 + "\0b", b"")]),
+        "holds a control character",
+    ),
     # The inner manifest: present, second, and in agreement with bundle.json.
     "no-manifest": (_no_manifest, "bundle.json does not list models/manifest.json"),
     "manifest-not-second": (_manifest_last, "its second entry must be models/manifest.json"),

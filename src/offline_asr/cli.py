@@ -622,8 +622,8 @@ def bundle_install(
 ) -> None:
     """Make every check of `bundle verify` (and that the release fits on disk) while unpacking
     safely into a new release, then check a delta's base release and every artifact as
-    written, and switch TARGET/current to it atomically. The previous release stays for rollback; what killed
-    installs left behind is removed first."""
+    written, and switch TARGET/current to it atomically. The previous release stays for
+    rollback; what killed installs left behind is removed first."""
     from offline_asr.bundle.install import install_bundle
 
     key, age = _key_files(public_key, identity)

@@ -7,9 +7,10 @@ place that says whether the two describe the same release.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from offline_asr.bundle.limits import METADATA_LIMIT
 from offline_asr.constants import CHECKSUM_NAME
@@ -26,10 +27,30 @@ Version = Annotated[int, Field(strict=True, ge=1, le=MAX_VERSION)]
 """A manifest_version: a positive integer (JSON number), never a string or a float."""
 
 
+NAME_BYTES = 255
+"""Longest file or folder name (ext4, xfs): a longer one could be checked but not written."""
+PATH_BYTES = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _writable(path: str) -> str:
+    """A path that any Linux file system can hold: no control characters, short enough."""
+    if _CONTROL.search(path):
+        raise ValueError(f"path {path!r} holds a control character")
+    if len(path.encode()) > PATH_BYTES or any(
+        len(part.encode()) > NAME_BYTES for part in path.split("/")
+    ):
+        raise ValueError(
+            f"path {path[:80]!r}... is longer than {PATH_BYTES} bytes, or has a name longer than "
+            f"{NAME_BYTES}"
+        )
+    return path
+
+
 class BundleFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: StorePath
+    path: Annotated[StorePath, AfterValidator(_writable)]
     sha256: Sha256
     size: int = Field(strict=True, ge=0)
 
@@ -57,6 +78,11 @@ class BundleContents(BaseModel):
         paths = [f.path for f in [*self.files, *self.from_base]]
         if len(set(paths)) < len(paths):
             raise ValueError("a path is listed twice in `files` and `from_base`")
+        folders = {path.rsplit("/", depth)[0] for path in paths
+                   for depth in range(1, path.count("/") + 1)}  # fmt: skip
+        both = sorted(folders.intersection(paths))
+        if both:
+            raise ValueError(f"{both[0]} is listed as a file and as a folder")
         if MANIFEST_IN_BUNDLE not in {f.path for f in self.files}:
             raise ValueError(
                 f"{CONTENTS_NAME} does not list {MANIFEST_IN_BUNDLE}: a bundle carries the "

@@ -60,7 +60,6 @@ class CheckedBundle:
     sha256: str
     contents: BundleContents
     raw_contents: bytes
-    manifest: Manifest
 
 
 def is_encrypted(path: Path) -> bool:
@@ -74,7 +73,7 @@ def check_sidecars(bundle: Path, public_key: Path | None) -> tuple[str, dict[str
     Returns the bundle's sha256 and the signed statement (None when no key is configured).
     The key is read first: a key that cannot be used is bad input, found before any hashing.
     """
-    key = load_public(public_key) if public_key is not None else None
+    signer = None if public_key is None else (public_key, load_public(public_key))
     if not bundle.is_file():
         raise OfflineAsrError(f"{bundle}: no such bundle file")
     sidecar = bundle.with_name(bundle.name + ".sha256")
@@ -90,9 +89,9 @@ def check_sidecars(bundle: Path, public_key: Path | None) -> tuple[str, dict[str
             f"{bundle.name} has sha256 {actual}, its .sha256 file says {expected[:64]}: the copy "
             "is truncated or altered; copy it again from the source"
         )
-    if key is None or public_key is None:
+    if signer is None:
         return actual, None
-    statement = verify(bundle.with_name(bundle.name + SIGNATURE_SUFFIX), key, public_key)
+    statement = verify(bundle.with_name(bundle.name + SIGNATURE_SUFFIX), *signer)
     if statement.get("sha256") != actual:
         raise BundleError(f"the signature of {bundle.name} is for another file")
     return actual, statement
@@ -230,7 +229,6 @@ def _parse(model: type[Parsed], raw: bytes, what: str) -> Parsed:
 class _Head(NamedTuple):
     contents: BundleContents
     raw_contents: bytes
-    manifest: Manifest
     raw_manifest: bytes
 
 
@@ -257,7 +255,7 @@ def _read_head(tar: tarfile.TarFile, statement: dict[str, Any] | None) -> _Head:
             + "; ".join(problems[:SHOWN_PROBLEMS])
             + (f"; and {more} more" if more > 0 else "")
         )
-    return _Head(contents, raw, manifest, manifest_raw)
+    return _Head(contents, raw, manifest_raw)
 
 
 def _space_needed(contents: BundleContents) -> int:
@@ -272,7 +270,7 @@ def unpack(
     *,
     statement: dict[str, Any] | None = None,
     free_bytes: int | None = None,
-) -> tuple[BundleContents, bytes, Manifest]:
+) -> tuple[BundleContents, bytes]:
     """Stream the archive, checking every entry against bundle.json; write into `out` if given.
 
     Refuses absolute paths, `..`, links, devices, duplicates, unlisted files and entries whose
@@ -322,8 +320,10 @@ def unpack(
         ) from error
     missing = sorted(set(listed) - seen)
     if missing:
-        raise BundleError(f"the bundle lacks {', '.join(missing)}, which {CONTENTS_NAME} lists")
-    return head.contents, head.raw_contents, head.manifest
+        more = f" and {len(missing) - SHOWN_PROBLEMS} more" if len(missing) > SHOWN_PROBLEMS else ""
+        shown = ", ".join(missing[:SHOWN_PROBLEMS])
+        raise BundleError(f"the bundle lacks {shown}{more}, which {CONTENTS_NAME} lists")
+    return head.contents, head.raw_contents
 
 
 def check_bundle(
@@ -339,8 +339,8 @@ def check_bundle(
     digest, statement = check_sidecars(bundle, public_key)
     with plain_archive(bundle, identity, scratch) as archive:
         free = None if out is None else shutil.disk_usage(out).free
-        contents, raw, manifest = unpack(archive, out, statement=statement, free_bytes=free)
-    return CheckedBundle(digest, contents, raw, manifest)
+        contents, raw = unpack(archive, out, statement=statement, free_bytes=free)
+    return CheckedBundle(digest, contents, raw)
 
 
 def verify_bundle(

@@ -116,7 +116,7 @@ def sign(statement: dict[str, Any], key: Ed25519PrivateKey, out: Path) -> None:
     write_atomic(out, json.dumps(body, indent=2, sort_keys=True) + "\n")
 
 
-def verify(signature_file: Path, key: Ed25519PublicKey, key_path: Path) -> dict[str, Any]:
+def verify(signature_file: Path, key_path: Path, key: Ed25519PublicKey) -> dict[str, Any]:
     """The signed statement, if `signature_file` was made by the key's owner; else BundleError."""
     if not signature_file.is_file():
         raise BundleError(
