@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -78,11 +79,16 @@ TargetOption = Annotated[
     typer.Option(help="Installed bundle target: use DIR/current/models/manifest.json"),
 ]
 PublicKeyOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        envvar="OFFLINE_ASR_BUNDLE_PUBLIC_KEY",
-        help="Ed25519 public key; when set, bundles must carry a valid signature",
+        metavar="FILE",
+        show_default=False,
+        help="Ed25519 public key; when given, bundles must carry a valid signature "
+        "(default: OFFLINE_ASR_BUNDLE_PUBLIC_KEY; set but empty is an error)",
     ),
+]
+IdentityOption = Annotated[
+    str | None, typer.Option(metavar="FILE", help="age identity for encrypted bundles")
 ]
 LockOption = Annotated[
     Path, typer.Option("--lock", help="Hash-pinned requirements lock to compare with or pack")
@@ -120,6 +126,15 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def _key_files(public_key: str | None, identity: str | None) -> tuple[Path | None, Path | None]:
+    """The bundle key files asked for; an empty setting is an error, never "no key"."""
+    from offline_asr.bundle.signing import public_key_setting
+
+    if identity is not None and not identity.strip():
+        raise OfflineAsrError("--identity is empty: give the age identity file, or leave it out")
+    return public_key_setting(public_key, os.environ), Path(identity) if identity else None
 
 
 def _store(manifest: Path | None, target: Path | None = None) -> ModelStore:
@@ -602,21 +617,28 @@ def bundle_verify(
     bundle: Annotated[Path, typer.Argument(metavar="FILE", help="The bundle")],
     public_key: PublicKeyOption = None,
     identity: Annotated[
-        Path | None, typer.Option(help="age identity, to check an encrypted bundle's contents")
+        str | None,
+        typer.Option(metavar="FILE", help="age identity, to check an encrypted bundle's contents"),
     ] = None,
 ) -> None:
-    """Check the .sha256 sidecar, the signature (when a public key is given) and every file."""
-    from offline_asr.bundle.install import verify_bundle
+    """Every check `bundle install` makes of the bundle itself (the same code): the .sha256
+    sidecar, the signature (when a public key is given), bundle.json, the manifest and their
+    agreement, every file. Only checks of an install target (free disk, a delta's base release)
+    are left to install. An encrypted bundle's contents need --identity."""
+    from offline_asr.bundle.reader import verify_bundle
 
-    contents = verify_bundle(bundle, public_key=public_key, identity=identity)
-    signed = " and signature" if public_key else ""
-    if contents is None:
+    key, age = _key_files(public_key, identity)
+    checked = verify_bundle(bundle, public_key=key, identity=age)
+    signed = " and signature" if key else ""
+    if checked is None:
         out.print(f"OK {bundle.name}: sha256{signed} match; encrypted, contents not checked "
                   "(give --identity to check them)")  # fmt: skip
         return
+    contents = checked.contents
     out.print(
         f"OK {bundle.name}: sha256{signed} match; {len(contents.files)} files match bundle.json "
-        f"(manifest_version {contents.manifest_version}, models {', '.join(contents.models)})",
+        f"and the manifest (manifest_version {contents.manifest_version}, models "
+        f"{', '.join(contents.models)})",
         highlight=False,
     )
 
@@ -626,16 +648,17 @@ def bundle_verify(
 def bundle_install(
     bundle: Annotated[Path, typer.Argument(metavar="FILE", help="The bundle")],
     target: Annotated[Path, typer.Option(help="Install root (releases/, current)")],
-    identity: Annotated[
-        Path | None, typer.Option(help="age identity for encrypted bundles")
-    ] = None,
+    identity: IdentityOption = None,
     public_key: PublicKeyOption = None,
 ) -> None:
-    """Verify, decrypt, unpack safely into a new release, check every artifact, then switch
-    TARGET/current to it atomically. The previous release stays for rollback."""
+    """Make every check of `bundle verify` (and that the release fits on disk) while unpacking
+    safely into a new release, then check a delta's base release and every artifact as
+    written, and switch TARGET/current to it atomically. The previous release stays for
+    rollback; what killed installs left behind is removed first."""
     from offline_asr.bundle.install import install_bundle
 
-    release = install_bundle(bundle, target, public_key=public_key, identity=identity)
+    key, age = _key_files(public_key, identity)
+    release = install_bundle(bundle, target, public_key=key, identity=age)
     out.print(f"installed v{release.version} into {release.path}; current -> v{release.version}")
 
 
@@ -657,7 +680,8 @@ def bundle_list(target: Annotated[Path, typer.Option(help="Install root")]) -> N
 @bundle_app.command("rollback")
 @reports_errors
 def bundle_rollback(target: Annotated[Path, typer.Option(help="Install root")]) -> None:
-    """Switch TARGET/current back to the previous release, atomically."""
+    """Switch TARGET/current back to the previous release, atomically, once every artifact of
+    that release is verified against its manifest (exit 1, nothing switched, if one is not)."""
     from offline_asr.bundle.install import rollback
 
     release = rollback(target)
@@ -670,11 +694,16 @@ def bundle_prune(
     target: Annotated[Path, typer.Option(help="Install root")],
     keep: Annotated[int, typer.Option(min=1, help="Releases to keep (the current one always)")] = 2,
 ) -> None:
-    """Delete old releases, keeping the newest KEEP and the current one."""
+    """Delete old releases, keeping the newest KEEP and the current one, and what killed
+    installs left behind (staging folders, temporary links)."""
     from offline_asr.bundle.install import prune
 
-    removed = prune(target, keep)
+    removed, leftovers = prune(target, keep)
     out.print("removed " + (", ".join(f"v{v}" for v in removed) or "nothing"))
+    if leftovers:
+        names = ", ".join(str(p.relative_to(target)) for p in leftovers)
+        out.print(f"removed {len(leftovers)} leftovers of killed installs: {names}",
+                  highlight=False)  # fmt: skip
 
 
 @bundle_app.command("keygen")
