@@ -56,6 +56,17 @@ def test_a_missing_manifest_is_bad_input_everywhere(
     assert not store.root.exists(), "reading a store never creates it"
 
 
+@pytest.mark.parametrize("command", READERS, ids=" ".join)
+def test_an_empty_manifest_setting_is_bad_input_everywhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """`MODEL_REGISTRY_PATH=` (set but empty) is refused, not read as the current folder."""
+    monkeypatch.setenv("MODEL_REGISTRY_PATH", "")
+    result = run_cli(*command, cwd=tmp_path)
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert "MODEL_REGISTRY_PATH is set but empty" in _flat(result.stderr)
+
+
 def test_serve_with_a_missing_manifest_is_bad_input(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("offline-asr")
     command = [str(exe), "serve", "--manifest", str(tmp_path / "nowhere" / "manifest.json"),

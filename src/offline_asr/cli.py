@@ -142,7 +142,13 @@ def _store(manifest: Path | None, target: Path | None = None) -> ModelStore:
         from offline_asr.bundle.install import target_manifest
 
         return ModelStore(target_manifest(target))
-    return ModelStore(manifest or Settings().model_registry_path)
+    path = manifest or Settings().model_registry_path
+    if path == Path():  # an empty --manifest or MODEL_REGISTRY_PATH, never "this folder"
+        raise OfflineAsrError(
+            f"--manifest / {MANIFEST_ENV} is set but empty: give the manifest file "
+            "(models/manifest.json), or leave it unset"
+        )
+    return ModelStore(path)
 
 
 def _select(
