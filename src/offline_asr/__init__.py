@@ -2,6 +2,12 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from offline_asr.pins import pin_runtime
+
+# First, before any module of ours imports numpy, CTranslate2 or onnxruntime: they read their
+# CPU dispatch and thread settings from the environment when they load (see `pins`).
+pin_runtime()
+
 try:
     __version__ = version("offline-asr")
 except PackageNotFoundError:  # running from a source tree that was never installed

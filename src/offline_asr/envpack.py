@@ -121,9 +121,6 @@ def pack_environment(lock: Path, out_dir: Path, *, platform_tag: str | None = No
 
 def _flavour(platform_tag: str | None) -> Flavour:
     if platform_tag is None:
-        from offline_asr.device import pin_cpu_isa
-
-        pin_cpu_isa()
         try:
             import ctranslate2
 

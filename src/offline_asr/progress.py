@@ -10,9 +10,11 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -37,6 +39,22 @@ def byte_progress(description: str, total: int | None) -> Iterator[Advance]:
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+@contextmanager
+def step_progress(description: str, total: int) -> Iterator[Callable[[str], None]]:
+    """Yield a callback that counts one step done and names the next."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr_console,
+        transient=True,
+        disable=not stderr_console.is_terminal,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda name: progress.update(task, advance=1, description=f"{description}: {name}")
 
 
 class TranscriptionProgress:

@@ -32,6 +32,7 @@ from offline_asr.bundle.contents import CONTENTS_NAME, BundleContents, BundleFil
 from offline_asr.bundle.errors import BundleError
 from offline_asr.bundle.signing import SIGNATURE_SUFFIX, verify
 from offline_asr.errors import OfflineAsrError
+from offline_asr.goldens import GoldenError, verify_manifest_golden
 from offline_asr.locking import exclusive
 from offline_asr.progress import byte_progress
 from offline_asr.registry.integrity import sha256_file, verify_models
@@ -304,12 +305,18 @@ def install_bundle(
                     )
                 _take_from_base(base, staging, contents.from_base)
             store = ModelStore(staging / "models" / "manifest.json")
-            broken = [r for r in verify_models(store.root, store.load().models) if not r.ok]
+            models = store.load().models
+            broken = [r for r in verify_models(store.root, models) if not r.ok]
             if broken:
                 raise BundleError(
                     "the unpacked release does not match its manifest: "
                     + "; ".join(f"{p.path} {p.problem}" for r in broken for p in r.problems)
                 )
+            for model in models:
+                try:
+                    verify_manifest_golden(store.root, model)
+                except GoldenError as error:
+                    raise BundleError(f"the unpacked release is not usable: {error}") from error
             (staging / INFO_NAME).write_text(json.dumps({
                 "bundle": bundle.name, "sha256": digest,
                 "installed_at": datetime.now(UTC).isoformat(timespec="seconds"),
