@@ -55,23 +55,22 @@ class SmokeTestError(OfflineAsrError):
     exit_code = EXIT_CHECK_FAILED
 
 
-_CAUSES = {
-    "arch": "another CPU architecture",
-    "ct2_cpu_isa": "CTranslate2 runs other CPU kernels (set CT2_FORCE_CPU_ISA={old} to match)",
-    "onednn_isa": "oneDNN runs other kernels (ONEDNN_MAX_CPU_ISA={old} matches)",
-    "gemm": "CTranslate2 multiplies with another library (CT2_USE_MKL; offline-asr pins oneDNN, "
-    "CT2_USE_MKL=0, unless it is set)",
-    "mkl_cbwr": "MKL takes another code path (MKL_CBWR={old} matches)",
-    "numpy_simd": "NumPy's feature extraction runs other SIMD code (NPY_DISABLE_CPU_FEATURES)",
-    "openblas_core": "OpenBLAS (feature extraction) runs other kernels (OPENBLAS_CORETYPE={old})",
-    "openblas_threads": "OpenBLAS splits feature extraction over other threads "
-    "(OPENBLAS_NUM_THREADS={old})",
-    "onnxruntime_kernels": "onnxruntime picks its kernels by CPU and has no switch to pin them",
-    "compute_type": "the model runs at another compute type",
-    "precision": "the model runs at another precision",
-    "device": "the model runs on another device",
-    "loaded_before_pins": "these libraries were imported before offline-asr could pin them",
-    "user_pins": "pins set in the environment",
+_CAUSES: dict[str, tuple[str, str | None]] = {
+    # runtime key: (why it changes the output, the variable that pins it)
+    "arch": ("another CPU architecture", None),
+    "ct2_cpu_isa": ("CTranslate2 runs other CPU kernels", "CT2_FORCE_CPU_ISA"),
+    "onednn_isa": ("oneDNN runs other kernels", "ONEDNN_MAX_CPU_ISA"),
+    "gemm": ("CTranslate2 multiplies with another library (mkl or onednn)", "CT2_USE_MKL"),
+    "mkl_cbwr": ("MKL takes another code path", "MKL_CBWR"),
+    "numpy_simd": ("NumPy's feature extraction runs other SIMD code", "NPY_DISABLE_CPU_FEATURES"),
+    "openblas_core": ("OpenBLAS (feature extraction) runs other kernels", "OPENBLAS_CORETYPE"),
+    "openblas_threads": ("OpenBLAS splits feature extraction differently", "OPENBLAS_NUM_THREADS"),
+    "onnxruntime_kernels": ("onnxruntime picks its kernels by CPU; it has no switch", None),
+    "compute_type": ("the model runs at another compute type", None),
+    "precision": ("the model runs at another precision", None),
+    "device": ("the model runs on another device", None),
+    "loaded_before_pins": ("these libraries were imported before offline-asr pinned them", None),
+    "user_pins": ("pins set in the environment", None),
 }
 
 
@@ -281,9 +280,10 @@ def explain_difference(recorded: dict[str, str], current: dict[str, str]) -> str
     causes = []
     for line in runtime_differences(recorded, current):
         key = line.split(":", 1)[0]
-        old = recorded.get(key, "(none)")
-        cause = _CAUSES.get(key, "another version" if key in VERSION_KEYS else "")
-        causes.append(f"{line} ({cause.format(old=old)})" if cause else line)
+        cause, variable = _CAUSES.get(key, ("another version" if key in VERSION_KEYS else "", None))
+        if variable is not None:
+            cause += f"; {variable} pins it"
+        causes.append(f"{line} ({cause})" if cause else line)
     if not causes:
         return (
             "nothing recorded about the runtime differs, so the decoding itself changed "
