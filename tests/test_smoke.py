@@ -325,6 +325,39 @@ def test_altered_smoke_clip_is_refused(store: ModelStore, cli: Cli) -> None:
     assert result.exit_code == 1 and "smoke clip" in result.stderr
 
 
+def test_record_writes_the_manifests_goldens_through_the_registry(
+    store: ModelStore, cli: Cli
+) -> None:
+    """`--record` bumps manifest_version with a CHANGELOG entry when a smoke entry changes, and
+    only then; a missing golden file is written again either way."""
+    version = store.load().manifest_version
+    store.golden_file(GIGAAM).unlink()
+    before = _registry_bytes(store)
+    restored = cli("models", "smoke", "--record", GIGAAM, manifest=store.manifest_path)
+    assert restored.exit_code == 0, restored.stdout
+    assert _registry_bytes(store) == before and store.golden_file(GIGAAM).is_file()
+
+    manifest = store.load()
+    model = store.get(manifest, GIGAAM)
+    assert model.smoke is not None
+    pinned = model.smoke.golden_sha256
+    model.smoke = model.smoke.model_copy(update={"golden_sha256": "0" * 64})
+    write_atomic(store.manifest_path, manifest.to_json())
+    recorded = cli("models", "smoke", "--record", GIGAAM, manifest=store.manifest_path)
+    assert recorded.exit_code == 0 and f"manifest_version is now {version + 1}" in recorded.stdout
+    entry = store.changelog_path.read_text().split("\n## ")[1]
+    assert (
+        f"manifest_version {version + 1}" in entry
+        and f"golden sha256 {'0' * 64} -> {pinned}" in entry
+    )
+    assert cli("models", "smoke", GIGAAM, manifest=store.manifest_path).exit_code == 0
+
+    target = cli(
+        "models", "smoke", "--record", "--target", store.root, manifest=store.manifest_path
+    )
+    assert target.exit_code == 2 and "not on an installed target" in target.stderr
+
+
 # --- the determinism matrix -------------------------------------------------------------------
 
 

@@ -535,10 +535,13 @@ def _smoke_matrix(
         table.add_row(run.config.label + mark, *cells)
     out.print(table)
     for g in groups:
+        pinned = next((g.label[c] for c in g.label if (c.isa, c.gemm) == default), None)
         for letter, members in g.members().items():
-            spread = g.score_spread[letter]
-            out.print(f"{g.model_id} {letter}: {len(members)} configurations, scores within "
-                      f"{spread:.1e}: {', '.join(c.label for c in members)}")  # fmt: skip
+            line = (f"{g.model_id} {letter}: {len(members)} configurations, scores within "
+                    f"{g.score_spread[letter]:.1e}")  # fmt: skip
+            if pinned is not None and letter != pinned:
+                line += f"; differs from {pinned}: {m.first_differences(g, letter, pinned)}"
+            out.print(line, highlight=False)
 
 
 @app.command("transcribe")

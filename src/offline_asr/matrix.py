@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_asr.asr.base import Decoded, Scores
-from offline_asr.goldens import score_differences
+from offline_asr.goldens import decoded_differences, score_differences
 from offline_asr.pins import (
     ISA_ENV,
     ISA_FLAG,
@@ -98,6 +98,7 @@ class ModelGroups:
     model_id: str
     label: dict[Config, str] = field(default_factory=dict)
     score_spread: dict[str, float] = field(default_factory=dict)  # largest within each group
+    first: dict[str, Run] = field(default_factory=dict)  # each group's reference run
 
     def members(self) -> dict[str, list[Config]]:
         groups: dict[str, list[Config]] = {}
@@ -121,19 +122,34 @@ def _score_spread(a: dict[str, Any], b: dict[str, Any]) -> float:
 def group(runs: list[Run], model_id: str) -> ModelGroups:
     """Letters in order of first appearance; the first run of a group is its reference."""
     groups = ModelGroups(model_id)
-    first: dict[str, Run] = {}
+    letters: dict[str, str] = {}  # decoded content's hash -> letter
     for run in runs:
         if run.error is not None or model_id not in run.outputs:
             continue
         key = run.decoded_key(model_id)
-        if key not in first:
-            first[key] = run
-            groups.score_spread[chr(ord("A") + len(first) - 1)] = 0.0
-        letter = chr(ord("A") + list(first).index(key))
+        if key not in letters:
+            letters[key] = chr(ord("A") + len(letters))
+            groups.first[letters[key]], groups.score_spread[letters[key]] = run, 0.0
+        letter = letters[key]
         groups.label[run.config] = letter
-        spread = _score_spread(first[key].outputs[model_id], run.outputs[model_id])
+        spread = _score_spread(groups.first[letter].outputs[model_id], run.outputs[model_id])
         groups.score_spread[letter] = max(groups.score_spread[letter], spread)
     return groups
+
+
+def first_differences(groups: ModelGroups, letter: str, reference: str, limit: int = 2) -> str:
+    """Where group `letter`'s decoded content first departs from group `reference`'s."""
+    ours = groups.first[letter].outputs[groups.model_id]
+    theirs = groups.first[reference].outputs[groups.model_id]
+    found = []
+    for clip in theirs:
+        before = Decoded.model_validate(theirs[clip]["decoded"])
+        after = Decoded.model_validate(ours[clip]["decoded"])
+        for d in decoded_differences(before, after):
+            where = clip if d.segment is None else f"{clip} segment {d.segment},"
+            found.append(f"{where} {d.field}: {reference} {d.recorded!r}, {letter} {d.now!r}")
+    more = f" (and {len(found) - limit} more)" if len(found) > limit else ""
+    return "; ".join(found[:limit]) + more
 
 
 def run_matrix(

@@ -37,6 +37,7 @@ from offline_asr.goldens import (
     reproducibility_class,
     runtime_differences,
     score_differences,
+    verify_manifest_golden,
     write_golden,
 )
 from offline_asr.registry.integrity import verify_models
@@ -164,7 +165,8 @@ def record_smoke(
 ) -> tuple[SmokeTest, GoldenFile]:
     """The model's smoke test (its own, else the default) recorded on this machine.
 
-    The caller writes the golden file (`write_golden`) before it saves the manifest.
+    The caller writes the golden file (`ModelStore.replace_goldens`) before it saves the
+    manifest that lists it.
     """
     base = model.smoke or default_smoke(model)
     smoke = base.model_copy(update={"word_timestamps": True, "golden": golden_path(model.id)})
@@ -193,14 +195,23 @@ def record_manifest_goldens(store: ModelStore, ids: list[str] | None) -> Manifes
         changes = [c for old, new in zip(manifest.models, models, strict=True)
                    if (c := diff_model(old, new)) is not None]  # fmt: skip
         changed = {change.model_id for change in changes}
-        previous = store.replace_goldens(
-            {i: golden.to_json() for i, (_, golden) in recorded.items() if i in changed}
-        )
+        previous = store.replace_goldens({
+            model.id: recorded[model.id][1].to_json() for model in models
+            if model.id in changed or (model.id in recorded and not _golden_intact(store, model))
+        })  # fmt: skip
         try:
             return store.save(manifest.model_copy(update={"models": models}), changes)
         except BaseException:
             restore_files(previous)
             raise
+
+
+def _golden_intact(store: ModelStore, model: ModelMetadata) -> bool:
+    try:
+        verify_manifest_golden(store.root, model)
+    except GoldenError:
+        return False
+    return True
 
 
 @dataclass

@@ -62,8 +62,8 @@ SCORE_DECIMALS = 5
 """Scores keep this many decimals in the canonical form (golden files)."""
 SCORE_TOLERANCE = 1e-4
 """Largest difference between a recorded and a current score that still agrees. Measured
-(README, "Reproducibility"): within one class scores moved by at most 3e-8 (GigaAM, 1 vs 2
-onnxruntime threads; Whisper not at all); between classes by 6e-4 and more."""
+(README, "Reproducibility"): within one class scores moved by at most 2.8e-7 (GigaAM, 1 vs 2
+onnxruntime threads; Whisper not at all)."""
 
 
 class _Canonical(BaseModel):
