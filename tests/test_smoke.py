@@ -203,6 +203,13 @@ def test_another_isa_is_told_the_goldens_do_not_apply_and_records_its_own(
     assert "segment 0, words[2].end: recorded 9.99" in text
     assert "the weights are not the cause" in text
 
+    not_a_folder = store.root / "CHANGELOG-copy.txt"
+    not_a_folder.write_text("a file, not a folder\n")
+    unwritable = run_cli("models", "smoke", TINY, "--record-local", "--local-goldens", not_a_folder,
+                         "--manifest", store.manifest_path, env=env)  # fmt: skip
+    assert unwritable.exit_code == 2, unwritable.stdout + unwritable.stderr
+    assert "cannot write fleet-local goldens" in " ".join(unwritable.stderr.split())
+
     again = run_cli("models", "smoke", TINY, "--record-local", "--manifest", store.manifest_path)
     assert again.exit_code == 2 and "nothing was recorded" in " ".join(again.stderr.split())
     assert _registry_bytes(store) == before
@@ -239,6 +246,11 @@ def test_scores_beyond_the_tolerance_are_a_note_not_a_failure(store: ModelStore,
     assert "segment 0, avg_logprob" in text
 
 
+def _oversized(path: Path) -> None:
+    with path.open("r+b") as stream:
+        stream.truncate(17 * 1024 * 1024)
+
+
 def _unreadable(path: Path) -> None:
     path.unlink()
     path.mkdir()
@@ -250,6 +262,8 @@ BAD_GOLDENS: dict[str, tuple[Callable[[Path], object], str]] = {
     "not json": (lambda p: p.write_text('{"format": 1,'), "is not valid JSON (line 1"),
     "not utf-8": (lambda p: p.write_bytes(b"\xff\xfe{}"), "is not UTF-8 text"),
     "not a golden": (lambda p: p.write_text('{"format": 1}'), "is not a golden file"),
+    "too large": (_oversized, "a golden file is a few kB"),
+    "nested": (lambda p: p.write_text("[" * 100_000 + "]" * 100_000), "nests too deeply"),
     "another model": (
         lambda p: shutil.copy(p.with_name(f"{TINY}.json"), p),
         f"holds the golden output of '{TINY}'",

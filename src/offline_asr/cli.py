@@ -23,6 +23,7 @@ from offline_asr.constants import (
     LOCAL_GOLDENS_DIR,
     LOCAL_GOLDENS_ENV,
     MANIFEST_ENV,
+    TARGET_LOCAL_GOLDENS_DIR,
 )
 from offline_asr.device import Device
 from offline_asr.errors import OfflineAsrError
@@ -364,7 +365,9 @@ LocalGoldensOption = Annotated[
 def _local_goldens(store: ModelStore, target: Path | None, option: Path | None) -> Path:
     if option is not None:
         return option
-    return target / "local-goldens" if target is not None else store.root / LOCAL_GOLDENS_DIR
+    if target is not None:
+        return target / TARGET_LOCAL_GOLDENS_DIR
+    return store.root / LOCAL_GOLDENS_DIR
 
 
 @models_app.command("smoke")

@@ -25,6 +25,7 @@ from offline_asr.registry.store import write_atomic
 from offline_asr.schemas import ModelMetadata, Sha256, describe_validation_error
 
 GOLDEN_FORMAT: Literal[1] = 1
+MAX_GOLDEN_BYTES = 16 * 1024 * 1024
 
 
 class GoldenError(OfflineAsrError):
@@ -119,6 +120,11 @@ def read_golden(path: Path, model_id: str) -> GoldenFile:
     """Load and validate a golden file; every problem is a `GoldenError` naming the file."""
     fix = "restore it from git or from the bundle, or record it again"
     try:
+        if path.stat().st_size > MAX_GOLDEN_BYTES:
+            raise GoldenError(
+                f"{path} has {path.stat().st_size:,} bytes; a golden file is a few kB (at most "
+                f"{MAX_GOLDEN_BYTES:,}); {fix}"
+            )
         raw = path.read_bytes()
     except FileNotFoundError as error:
         raise GoldenError(
@@ -137,6 +143,8 @@ def read_golden(path: Path, model_id: str) -> GoldenFile:
             f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
             f"{fix}"
         ) from error
+    except RecursionError as error:
+        raise GoldenError(f"{path} nests too deeply to be a golden file; {fix}") from error
     try:
         golden = GoldenFile.model_validate(data)
     except ValidationError as error:

@@ -12,6 +12,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
@@ -24,18 +25,22 @@ stderr_console = Console(stderr=True)
 Advance = Callable[[int], None]
 
 
+def progress_bar(*columns: ProgressColumn) -> Progress:
+    """A bar on stderr that disappears when done and stays silent when stderr is no terminal."""
+    return Progress(
+        *columns, console=stderr_console, transient=True, disable=not stderr_console.is_terminal
+    )
+
+
 @contextmanager
 def byte_progress(description: str, total: int | None) -> Iterator[Advance]:
     """Yield a callback that advances one bar by a number of bytes (thread-safe)."""
-    with Progress(
+    with progress_bar(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=stderr_console,
-        transient=True,
-        disable=not stderr_console.is_terminal,
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
@@ -44,14 +49,8 @@ def byte_progress(description: str, total: int | None) -> Iterator[Advance]:
 @contextmanager
 def step_progress(description: str, total: int) -> Iterator[Callable[[str], None]]:
     """Yield a callback that counts one step done and names the next."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr_console,
-        transient=True,
-        disable=not stderr_console.is_terminal,
+    with progress_bar(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda name: progress.update(task, advance=1, description=f"{description}: {name}")
@@ -77,13 +76,10 @@ class HasEnd(Protocol):
 
 @contextmanager
 def transcription_progress(name: str) -> Iterator[TranscriptionProgress]:
-    with Progress(
+    with progress_bar(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
         TimeRemainingColumn(),
-        console=stderr_console,
-        transient=True,
-        disable=not stderr_console.is_terminal,
     ) as progress:
         yield TranscriptionProgress(progress, progress.add_task(f"transcribing {name}", total=None))

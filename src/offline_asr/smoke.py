@@ -246,7 +246,13 @@ def record_local_goldens(
                 "with it; nothing was recorded"
             )
         path = local_golden_path(folder, golden.reproducibility_class, model.id)
-        write_golden(path, golden)
+        try:
+            write_golden(path, golden)
+        except OSError as error:
+            raise GoldenError(
+                f"cannot write fleet-local goldens into {folder} ({error.strerror}); choose "
+                "another folder with --local-goldens"
+            ) from error
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         record = {
             "time": golden.recorded_at.isoformat(), "model_id": model.id,
