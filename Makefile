@@ -28,15 +28,20 @@ run: setup
 	$(BIN)/offline-asr models verify
 	$(BIN)/offline-asr serve --model whisper-tiny.en --host 127.0.0.1 --port 8000
 
-# tests/test_web_page.py drives Debian's Chromium: installed here when missing and we are root.
+# Debian packages the tests drive, installed here when missing and we are root: chromium for
+# tests/test_web_page.py, strace for tests/test_egress.py (program:package).
+TEST_TOOLS := /usr/bin/chromium:chromium /usr/bin/strace:strace
 test: setup
-	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
-		echo "installing Debian's chromium: apt-get update -qq && apt-get install -y -qq chromium"; \
+	@missing=""; for tool in $(TEST_TOOLS); do \
+		[ -x "$${tool%%:*}" ] || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's$$missing: apt-get update -qq && apt-get install -y -qq$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq chromium \
-			|| echo "installing chromium failed: tests/test_web_page.py will fail"; \
-	elif [ ! -x /usr/bin/chromium ]; then \
-		echo "/usr/bin/chromium is missing and we are not root: tests/test_web_page.py will fail"; \
+		apt-get update -qq && apt-get install -y -qq $$missing \
+			|| echo "installing$$missing failed: the tests that use them will fail"; \
+	elif [ -n "$$missing" ]; then \
+		echo "missing$$missing and we are not root: the tests that use them will fail"; \
 	fi
 	$(BIN)/pytest
 

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from offline_asr.cli import app
+from offline_asr.offline import HUB_OFFLINE
 from offline_asr.registry.store import ModelStore
 from support.helpers import PREPARE_TINY, Cli, CliResult, write_ct2_model
 from support.server import Server, running_server
@@ -106,9 +107,26 @@ def tiny_store(real_tiny_store: ModelStore, tmp_path: Path) -> ModelStore:
     return ModelStore(target / "models" / "manifest.json")
 
 
+# The hub's offline switches as the session found them. An in-process command sets them for
+# good, as a real process would; each test starts without what an earlier one (or a fixture)
+# left, so a `models prepare` it starts in a child process can reach a fake hub.
+_SESSION_HUB_ENV = {name: os.environ.get(name) for name in HUB_OFFLINE}
+
+
+def _restore_hub_env() -> None:
+    for name, value in _SESSION_HUB_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
-def _no_hub_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_hub_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Tests never reach a real hub: a stray HF_ENDPOINT must not leak in."""
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("MODEL_REGISTRY_PATH", raising=False)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    _restore_hub_env()
+    yield
+    _restore_hub_env()

@@ -6,10 +6,8 @@ import itertools
 import json
 import os
 import shutil
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 import srt
 import webvtt
@@ -18,6 +16,7 @@ from openai.types.audio import TranscriptionVerbose
 from offline_asr.constants import CLIPS_DIR
 from offline_asr.registry.store import ModelStore
 from offline_asr.smoke import word_error_rate
+from support.audio_fixtures import long_russian
 from support.helpers import COMMITTED_MANIFEST, Cli, run_cli
 
 REFERENCES: dict[str, str] = json.loads((CLIPS_DIR / "references.json").read_text())
@@ -93,22 +92,8 @@ def test_subtitles_parse_with_standard_parsers(
     assert captions and "kitchen" in " ".join(c.text for c in captions).lower()
 
 
-def _long_russian(tmp_path: Path, repeats: int = 17) -> Path:
-    with wave.open(str(RU)) as clip:
-        speech = np.frombuffer(clip.readframes(clip.getnframes()), dtype=np.int16)
-    pause = np.zeros(8000, dtype=np.int16)
-    samples = np.concatenate([np.concatenate([speech, pause])] * repeats)
-    path = tmp_path / "long_ru.wav"
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(samples.tobytes())
-    return path
-
-
 def test_gigaam_test_model_on_a_long_clip(full_store: ModelStore, cli: Cli, tmp_path: Path) -> None:
-    clip = _long_russian(tmp_path)
+    clip = long_russian(tmp_path / "long_ru.wav")
     code, out, err = _transcribe(cli, full_store, str(clip), "--model", "gigaam-v3-ctc-testtiny",
                                  "--format", "verbose_json", "--word-timestamps")  # fmt: skip
     assert code == 0, err
@@ -163,8 +148,6 @@ def test_altered_weights_are_refused_naming_the_file(
     data[123456] ^= 0xFF
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime as before
-    # The verified-hash cache trusts (path, size, mtime) it has seen: only --full-verify re-hashes.
-    (store.root / ".verified.json").unlink(missing_ok=True)
     code, _, err = _transcribe(cli, store, str(EN), "--model", "whisper-tiny.en")
     assert code == 1
     assert "whisper/tiny.en/model.bin" in err and "refusing to load altered weights" in err

@@ -11,7 +11,7 @@ startup gate starts a server that must fail.
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import io
 import json
 import math
@@ -589,16 +589,32 @@ def test_either_key_is_accepted_and_health_stays_open(restricted: Restricted) ->
         assert restricted.http.get(path).status_code == 200, path
 
 
+def test_with_keys_metrics_needs_one_and_the_pages_stay_open(restricted: Restricted) -> None:
+    """With keys, what carries data or does work needs one: /v1/* and /metrics (model ids,
+    traffic, errors). What is the same on every install stays open: /health, /ready, the web
+    page and its files (it asks for the key), /docs, its files and /openapi.json."""
+    for headers in ({}, {"Authorization": f"Bearer {WRONG_KEY}"}):
+        assert_openai_error(restricted.http.get("/metrics", headers=headers), 401,
+                            code="invalid_api_key")  # fmt: skip
+    metrics = restricted.http.get("/metrics", headers=restricted.auth)
+    assert metrics.status_code == 200 and "offline_asr" in metrics.text, metrics.text[:300]
+    for path in ("/", "/static/app.js", "/docs", "/docs/assets/swagger-ui-bundle.js",
+                 "/openapi.json"):  # fmt: skip
+        assert restricted.http.get(path).status_code == 200, path
+
+
 def test_keys_never_reach_the_logs(restricted: Restricted) -> None:
     ids: dict[str, str] = {}
     for key in (*KEYS, WRONG_KEY):
         response = _transcribe_short(restricted, {"Authorization": f"Bearer {key}"})
         ids[key] = response.headers["x-request-id"]
     entries = {entry["request_id"]: entry for entry in audit_entries(restricted.audit)}
+    secret = bytes.fromhex(restricted.audit.with_name("audit.jsonl.secret").read_text())
     for key in KEYS:
         entry = entries[ids[key]]
-        assert entry["api_key_id"] == hashlib.sha256(key.encode()).hexdigest()[:8], entry
-    assert ids[WRONG_KEY] not in entries  # refused before any transcription
+        assert entry["api_key_id"] == hmac.new(secret, key.encode(), "sha256").hexdigest()[:16]
+    refused = entries[ids[WRONG_KEY]]
+    assert (refused["status"], refused["api_key_id"]) == (401, None), refused
     logs = {
         "audit log": restricted.audit.read_text("utf-8"),
         "server log": restricted.server.output(),

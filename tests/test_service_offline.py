@@ -1,6 +1,9 @@
-"""The server never reaches out: it transcribes in a network namespace that has only loopback,
-its sockets point at loopback only while it works, and the hub libraries are switched offline
-in its process whatever its environment says.
+"""The server works with no network at all: it transcribes in a network namespace that has only
+loopback, its sockets point at loopback only while it works, and the hub libraries are switched
+offline in its process whatever its environment says.
+
+A namespace hides attempts to reach out (a lookup there fails silently), so these tests cannot
+show that nothing tries: tests/test_egress.py traces every syscall for that.
 
 The namespace test needs root and iproute2 (`ip netns`); it skips, saying why, without them.
 It starts the server itself rather than through `running_server(prefix=["ip", "netns", ...])`:
@@ -20,11 +23,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -32,9 +34,10 @@ import pyrage
 import pytest
 
 from offline_asr.constants import CLIPS_DIR
+from offline_asr.offline import HUB_OFFLINE, TELEMETRY_OFF
 from offline_asr.registry.store import ModelStore
-from offline_asr.service.server import OFFLINE_ENV
 from offline_asr.smoke import word_error_rate
+from support.canary import Canary, canary
 from support.helpers import REPO
 from support.server import Server, free_port, running_server
 
@@ -97,6 +100,7 @@ import json, os, sys
 from pathlib import Path
 
 import offline_asr.service.server as server
+from offline_asr.offline import HUB_OFFLINE, TELEMETRY_OFF
 
 build = server.build_app
 
@@ -104,7 +108,7 @@ def build_app(settings):
     app = build(settings)
     import huggingface_hub.constants as hub
 
-    seen = {name: os.environ.get(name) for name in server.OFFLINE_ENV}
+    seen = {name: os.environ.get(name) for name in {**HUB_OFFLINE, **TELEMETRY_OFF}}
     probe = {"environ": seen, "hub_offline": hub.HF_HUB_OFFLINE, "pid": os.getpid()}
     Path(os.environ["OFFLINE_ASR_TEST_PROBE"]).write_text(json.dumps(probe))
     return app
@@ -171,50 +175,6 @@ def outbound(connections: set[Connection]) -> list[str]:
     ]
 
 
-# --- a canary for anything that would go out through the hub or a proxy ------------------
-
-
-@dataclass
-class Canary:
-    """A loopback listener posing as the hub and as every proxy: it counts who calls."""
-
-    sock: socket.socket
-    calls: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def url(self) -> str:
-        host, port = self.sock.getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    def serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                client, peer = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with client:
-                client.settimeout(1)
-                with contextlib.suppress(OSError):
-                    self.calls.append(f"{peer}: {client.recv(200)!r}")
-
-
-@contextlib.contextmanager
-def canary() -> Iterator[Canary]:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        sock.settimeout(0.2)
-        watcher = Canary(sock)
-        thread = threading.Thread(target=watcher.serve, daemon=True)
-        thread.start()
-        try:
-            yield watcher
-        finally:
-            watcher.stop.set()
-            thread.join(timeout=5)
-
-
 def test_the_socket_watch_sees_a_socket_aimed_outside() -> None:
     """The detector itself: a UDP socket connected to a documentation address (a UDP connect
     sends no packet) is reported; loopback TCP, listening or connected, is not."""
@@ -250,11 +210,8 @@ def watched_server(
         lure = watcher.url
         env = {
             "HF_ENDPOINT": lure,
-            "HF_HUB_OFFLINE": "0",
-            "TRANSFORMERS_OFFLINE": "0",
-            "HF_DATASETS_OFFLINE": "0",
-            "HF_HUB_DISABLE_TELEMETRY": "0",
-            "DO_NOT_TRACK": "0",
+            **{name: "0" for name in HUB_OFFLINE},
+            **{name: "1" if value == "0" else "0" for name, value in TELEMETRY_OFF.items()},
             **{name: lure for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")},
             **{name: lure for name in ("http_proxy", "https_proxy", "all_proxy")},
             "NO_PROXY": "",
@@ -315,7 +272,7 @@ def test_hub_libraries_are_offline_in_the_server_whatever_its_environment(
     assert initial["HF_HUB_OFFLINE"] == "0"  # what the server was started with
     probe = json.loads(watched_server.probe.read_text())
     assert probe["pid"] == pid
-    assert probe["environ"] == OFFLINE_ENV
+    assert probe["environ"] == {**HUB_OFFLINE, **TELEMETRY_OFF}
     assert probe["hub_offline"] is True, "huggingface_hub read HF_HUB_OFFLINE before it was set"
 
 

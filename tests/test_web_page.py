@@ -39,6 +39,9 @@ LAUNCH_ARGS = [
     "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={CLIP}",
 ]  # fmt: skip
 TRANSCRIBE_TIMEOUT = 60_000  # ms; tiny.en takes about a second for the clip
+# The API docs are opened under a name, as on a site, not as localhost.
+DOCS_HOST = "offline-asr.test"
+LAUNCH_ARGS.append(f"--host-resolver-rules=MAP {DOCS_HOST} 127.0.0.1")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -251,3 +254,35 @@ def test_refused_microphone_is_explained(page: Page, server: Server) -> None:
     page.get_by_test_id("file-input").set_input_files(CLIP)  # the other way in still works
     expect(page.get_by_test_id("selected-audio")).to_contain_text("en_short.wav")
     expect(page.get_by_test_id("transcribe-button")).to_be_enabled()
+
+
+def test_api_docs_render_with_nothing_from_elsewhere(
+    context: BrowserContext, server: Server
+) -> None:
+    """Swagger UI, its script, style and icon, all from the server: a browser in a closed
+    network reaches nothing else. Requests elsewhere are stopped here before they leave, and
+    fail the test."""
+    origin = server.url.replace("127.0.0.1", DOCS_HOST)
+    outside: list[str] = []
+
+    def only_the_server(route: Route) -> None:
+        if route.request.url.startswith(f"{origin}/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_server)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    tab.goto(f"{origin}/docs")
+    expect(tab.get_by_text("/v1/audio/transcriptions").first).to_be_visible()
+    tab.wait_for_load_state("networkidle")
+    assert outside == []
+    assert errors == []
+
+
+def test_redoc_is_not_offered(page: Page, server: Server) -> None:
+    """ReDoc's bundle loads its maker's logo from a CDN whatever it is told."""
+    assert page.request.get(f"{server.url}/redoc").status == 404

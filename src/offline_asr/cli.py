@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -13,6 +14,7 @@ from typing import Annotated, Literal, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from offline_asr import __version__
 from offline_asr.config import Settings
@@ -27,10 +29,13 @@ from offline_asr.constants import (
 )
 from offline_asr.device import Device
 from offline_asr.errors import OfflineAsrError
+from offline_asr.offline import FETCHING_COMMANDS, go_offline
+from offline_asr.plain_output import columns, paint, write_lines
 from offline_asr.progress import transcription_progress
-from offline_asr.registry.integrity import ModelReport, verify_models
+from offline_asr.registry.changes import remove_model
+from offline_asr.registry.integrity import ModelReport, unregistered_paths, verify_models
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
-from offline_asr.registry.store import ModelStore, remove_model
+from offline_asr.registry.store import ModelStore
 from offline_asr.schemas import Manifest, ModelMetadata
 
 app = typer.Typer(
@@ -57,9 +62,10 @@ env_app = typer.Typer(
 app.add_typer(env_app, name="env")
 app.add_typer(audit_app, name="audit")
 
-# Wide enough for tables when piped; a terminal uses its own width.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+# Wide enough for tables when piped; a terminal uses its own width. Markup is off: ids, paths,
+# transcripts and error messages hold `[...]` that rich would eat; colour comes from `Text`.
+out = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+err = Console(stderr=True, markup=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,16 +87,35 @@ TargetOption = Annotated[
     typer.Option(help="Installed bundle target: use DIR/current/models/manifest.json"),
 ]
 PublicKeyOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        envvar="OFFLINE_ASR_BUNDLE_PUBLIC_KEY",
-        help="Ed25519 public key; when set, bundles must carry a valid signature",
+        metavar="FILE",
+        show_default=False,
+        help="Ed25519 public key; when given, bundles must carry a valid signature "
+        "(default: OFFLINE_ASR_BUNDLE_PUBLIC_KEY; set but empty is an error)",
     ),
+]
+IdentityOption = Annotated[
+    str | None, typer.Option(metavar="FILE", help="age identity for encrypted bundles")
 ]
 LockOption = Annotated[
     Path, typer.Option("--lock", help="Hash-pinned requirements lock to compare with or pack")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _tagged(tag: str, style: str, message: object) -> Text:
+    """`tag` in colour, then `message` exactly as it is."""
+    return Text.assemble((tag, style), " ", str(message))
+
+
+def _error(message: object) -> None:
+    err.print(_tagged("error:", "bold red", message), highlight=False, soft_wrap=True)
+
+
+def _write_json(payload: str) -> None:
+    """JSON to stdout as it is (rich would highlight it line by line: slow on a big manifest)."""
+    sys.stdout.write(payload + "\n")
 
 
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -101,15 +126,23 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except OfflineAsrError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            _error(error)
             raise typer.Exit(error.exit_code) from error
         except KeyboardInterrupt:
-            err.print(
-                "[bold yellow]interrupted:[/] the manifest and the store were left as they were"
-            )
+            note = "the manifest and the store were left as they were"
+            err.print(_tagged("interrupted:", "bold yellow", note))
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def _key_files(public_key: str | None, identity: str | None) -> tuple[Path | None, Path | None]:
+    """The bundle key files asked for; an empty setting is an error, never "no key"."""
+    from offline_asr.bundle.signing import public_key_setting
+
+    if identity is not None and not identity.strip():
+        raise OfflineAsrError("--identity is empty: give the age identity file, or leave it out")
+    return public_key_setting(public_key, os.environ), Path(identity) if identity else None
 
 
 def _store(manifest: Path | None, target: Path | None = None) -> ModelStore:
@@ -121,12 +154,13 @@ def _store(manifest: Path | None, target: Path | None = None) -> ModelStore:
 
 
 def _select(
-    manifest: Path | None, ids: list[str] | None
+    manifest: Path | None, ids: list[str] | None, purpose: str
 ) -> tuple[ModelStore, Manifest, list[ModelMetadata]]:
-    """The store, its manifest, and the models named by `ids` (all when none are named)."""
+    """The store, its manifest, and the models named by `ids` (all when none are named); a
+    registry without models is refused, so that no verdict is given about nothing."""
     store = _store(manifest)
-    registry = store.load()
-    return store, registry, [store.get(registry, i) for i in ids] if ids else registry.models
+    registry = store.load_models(purpose)
+    return store, registry, store.select(registry, ids) if ids else registry.models
 
 
 def _version(value: bool) -> None:
@@ -137,11 +171,21 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """Offline speech recognition with an audit trail."""
+    if ctx.invoked_subcommand != "models":  # `models` decides per command, below
+        go_offline()
+
+
+@models_app.callback()
+def models(ctx: typer.Context) -> None:
+    """Hub libraries offline, except in the commands that fetch models when asked to."""
+    if ctx.invoked_subcommand not in FETCHING_COMMANDS:
+        go_offline()
 
 
 @models_app.command("prepare")
@@ -221,13 +265,13 @@ def prepare(
     model = result.model
     if result.registered:
         out.print(
-            f"registered [bold]{model.id}[/] ({len(model.artifacts)} files, {model.size:,} bytes); "
+            f"registered {model.id} ({len(model.artifacts)} files, {model.size:,} bytes); "
             f"manifest_version is now {result.manifest_version}"
         )
     elif result.restored:
-        out.print(f"[bold]{model.id}[/] files restored; the manifest entry was already up to date")
+        out.print(f"{model.id} files restored; the manifest entry was already up to date")
     else:
-        out.print(f"[bold]{model.id}[/] is already prepared and verified; nothing changed")
+        out.print(f"{model.id} is already prepared and verified; nothing changed")
 
 
 def _human_size(size: int) -> str:
@@ -241,20 +285,15 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
     store = _store(manifest)
     registry = store.load()
     if json_:
-        out.print_json(registry.model_dump_json(exclude_none=True))
+        _write_json(registry.model_dump_json(indent=2, exclude_none=True))
         return
-    table = Table(title=f"{store.manifest_path} (manifest_version {registry.manifest_version})")
-    for column in (
-        "id",
-        "engine",
-        "variant",
-        "precision/compute",
-        "size",
-        "languages",
-        "source",
-        "license",
-    ):
-        table.add_column(column)
+    if not registry.models:
+        out.print(
+            f"{store.manifest_path} (manifest_version {registry.manifest_version}) lists no "
+            "models: register one with `offline-asr models prepare` or install an offline bundle"
+        )
+        return
+    rows = []
     for model in registry.models:
         languages = (
             ",".join(model.languages)
@@ -264,33 +303,29 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
         src = model.source
         origin = ", ".join(src.packages) or src.url or src.path or src.generator or ""
         source = f"{src.kind}: " + (f"{src.repo}@{src.commit[:12]}" if src.commit else origin)
-        name = model.id + ("\n[yellow](structural test model)[/]" if model.description else "")
-        table.add_row(
-            name,
-            model.engine,
-            model.variant,
-            f"{model.precision}/{model.compute_type}",
-            _human_size(model.size),
-            languages,
-            source,
-            model.license,
-        )
-    out.print(table)
+        name = model.id + (" (structural test model)" if model.description else "")
+        rows.append((name, model.engine, model.variant, f"{model.precision}/{model.compute_type}",
+                     _human_size(model.size), languages, source, model.license))  # fmt: skip
+    headers = ("id", "engine", "variant", "precision/compute", "size", "languages", "source",
+               "license")  # fmt: skip
+    title = f"{store.manifest_path} (manifest_version {registry.manifest_version})"
+    write_lines(out, [title, *columns(headers, rows, out)])
 
 
-def _print_reports(reports: list[ModelReport]) -> None:
+def _print_reports(reports: list[ModelReport], root: Path, unregistered: list[str]) -> None:
+    ok, failed = paint("OK    ", "green", out), paint("FAILED", "red", out)
+    lines = []
     for report in reports:
         if report.ok:
-            out.print(
-                f"[green]OK[/]     {report.model_id}: {report.files_checked} files, "
-                f"{report.bytes_checked:,} bytes match the manifest"
-            )
+            lines.append(f"{ok} {report.model_id}: {report.files_checked} files, "
+                         f"{report.bytes_checked:,} bytes match the manifest")  # fmt: skip
             continue
-        out.print(f"[red]FAILED[/] {report.model_id}:")
-        for problem in report.problems:
-            out.print(
-                f"         {problem.problem:>9}  {problem.path}: {problem.detail}", highlight=False
-            )
+        lines.append(f"{failed} {report.model_id}:")
+        lines += [f"         {p.problem:>9}  {p.path}: {p.detail}" for p in report.problems]
+    if unregistered:
+        lines.append(f"{failed} {root}: holds what no model in the manifest lists")
+        lines += [f"         unregistered  {path}: not in the manifest" for path in unregistered]
+    write_lines(out, lines)
 
 
 @models_app.command("verify")
@@ -300,21 +335,30 @@ def verify(
     json_: JsonOption = False,
     manifest: ManifestOption = None,
 ) -> None:
-    """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files."""
-    store, registry, chosen = _select(manifest, ids)
+    """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files.
+    Without ID, also on folders in the store that no model lists."""
+    store, registry, chosen = _select(manifest, ids, "verify")
     reports = verify_models(store.root, chosen)
-    ok = all(r.ok for r in reports)
+    unregistered = [] if ids else unregistered_paths(store.root, chosen)
+    ok = all(r.ok for r in reports) and not unregistered
     if json_:
         payload = {
             "manifest": str(store.manifest_path),
             "manifest_version": registry.manifest_version,
             "ok": ok,
             "models": [r.to_dict() for r in reports],
+            "unregistered": unregistered,
         }
-        out.print_json(json.dumps(payload))
+        _write_json(json.dumps(payload, indent=2))
     else:
-        _print_reports(reports)
-        if not ok:
+        _print_reports(reports, store.root, unregistered)
+        if unregistered:
+            err.print(
+                "Folders that no model lists were left by a killed preparation (the next "
+                "`offline-asr models prepare` or `models remove` clears those) or copied in by "
+                "hand: delete them, or register them with `offline-asr models prepare`."
+            )
+        if not all(r.ok for r in reports):
             err.print(f"Some files differ from the manifest. {Settings().offline_asr_bundle_hint}")
     if not ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -330,14 +374,15 @@ def sync(
 
     The manifest is never changed: a source that no longer gives the listed bytes is an error.
     """
-    store, registry, chosen = _select(manifest, ids)
-    for report in verify_models(store.root, chosen):
+    store, _, chosen = _select(manifest, ids, "sync")
+    for model, report in zip(chosen, verify_models(store.root, chosen), strict=True):
         if report.ok:
-            out.print(f"[green]OK[/]       {report.model_id}")
+            out.print(_tagged("OK      ", "green", report.model_id))
             continue
-        model = store.get(registry, report.model_id)
         restore_model(store, model)
-        out.print(f"[cyan]RESTORED[/] {model.id} from its pinned {model.source.kind} source")
+        out.print(
+            _tagged("RESTORED", "cyan", f"{model.id} from its pinned {model.source.kind} source")
+        )
 
 
 @models_app.command("remove")
@@ -348,7 +393,7 @@ def remove(
 ) -> None:
     """Delete a model's files and its manifest entry (bumps manifest_version)."""
     updated = remove_model(_store(manifest), model_id)
-    out.print(f"removed [bold]{model_id}[/]; manifest_version is now {updated.manifest_version}")
+    out.print(f"removed {model_id}; manifest_version is now {updated.manifest_version}")
 
 
 LocalGoldensOption = Annotated[
@@ -424,8 +469,8 @@ def smoke(
             "installed target (use --record-local there)"
         )
     store = _store(manifest, target)
-    registry = store.load()
-    chosen = [store.get(registry, i) for i in ids] if ids else registry.models
+    registry = store.load_models("smoke-test")
+    chosen = store.select(registry, ids) if ids else registry.models
     folder = _local_goldens(store, target, local_goldens)
     if matrix:
         _smoke_matrix(store, chosen, isa, gemm, json_)
@@ -436,7 +481,7 @@ def smoke(
         for model in chosen:
             golden = store.get(updated, model.id).smoke
             assert golden is not None
-            out.print(f"recorded {golden.golden} ({golden.golden_sha256})", highlight=False)
+            out.print(Text(f"recorded {golden.golden} ({golden.golden_sha256})"))
         out.print(f"manifest_version is now {updated.manifest_version}")
     elif record_local:
         from offline_asr.smoke import record_local_goldens
@@ -444,8 +489,8 @@ def smoke(
         for done in record_local_goldens(
             store, chosen, registry.manifest_version, folder, threads=threads
         ):
-            out.print(f"recorded {done.path} (sha256 {done.sha256})", highlight=False)
-        out.print(f"copy {folder} to the other machines of this class", highlight=False)
+            out.print(Text(f"recorded {done.path} (sha256 {done.sha256})"))
+        out.print(Text(f"copy {folder} to the other machines of this class"))
     else:
         _smoke_check(store, registry, chosen, folder, threads, json_)
 
@@ -473,16 +518,17 @@ def _smoke_check(
         errors = [{"model_id": i, "ok": False, "error": e} for i, e in bad]
         out.print_json(json.dumps([r.to_dict() for r in reports] + errors, ensure_ascii=False))
     for report in reports if not json_ else []:
-        status = "[green]OK[/]    " if report.ok else "[red]FAILED[/]"
+        status = _tagged("OK    ", "green", "") if report.ok else _tagged("FAILED", "red", "")
         bound = f" (bound {report.max_wer})" if report.max_wer is not None else " (no bound)"
-        out.print(f"{status} {report.model_id}: WER {report.wer:.2f}{bound}, golden output: "
-                  f"{report.verdict}; {report.text!r}")  # fmt: skip
+        status.append(f"{report.model_id}: WER {report.wer:.2f}{bound}, golden output: "
+                      f"{report.verdict}; {report.text!r}")  # fmt: skip
+        out.print(status)
         for problem in report.problems:
-            out.print(f"       {problem}", highlight=False)
+            out.print(Text(f"       {problem}"))
         for note in report.notes:
-            out.print(f"       note: {note}", highlight=False)
+            out.print(Text(f"       note: {note}"))
     for model_id, message in bad if not json_ else []:
-        out.print(f"[red]ERROR[/]  {model_id}: {message}", highlight=False)
+        out.print(_tagged("ERROR ", "red", f"{model_id}: {message}"))
     code = smoke_exit_code(reports, len(bad))
     if code:
         raise typer.Exit(code)
@@ -530,11 +576,7 @@ def _smoke_matrix(
         table.add_column(model.id)
     for run in runs:
         mark = " (pinned default)" if (run.config.isa, run.config.gemm) == default else ""
-        cells = (
-            [run.error or "" for _ in groups]
-            if run.error
-            else [g.label.get(run.config, "-") for g in groups]
-        )
+        cells = [Text(run.error or g.label.get(run.config, "-")) for g in groups]
         table.add_row(run.config.label + mark, *cells)
     out.print(table)
     for g in groups:
@@ -544,7 +586,7 @@ def _smoke_matrix(
                     f"{g.score_spread[letter]:.1e}")  # fmt: skip
             if pinned is not None and letter != pinned:
                 line += f"; differs from {pinned}: {m.first_differences(g, letter, pinned)}"
-            out.print(line, highlight=False)
+            out.print(Text(line))
 
 
 @app.command("transcribe")
@@ -620,7 +662,7 @@ def transcribe(
                     path, options, on_audio=progress.start, on_segment=progress.advance
                 )
         except OfflineAsrError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            _error(error)
             failed += 1
             continue
         text = render(result, output_format)
@@ -752,21 +794,28 @@ def bundle_verify(
     bundle: Annotated[Path, typer.Argument(metavar="FILE", help="The bundle")],
     public_key: PublicKeyOption = None,
     identity: Annotated[
-        Path | None, typer.Option(help="age identity, to check an encrypted bundle's contents")
+        str | None,
+        typer.Option(metavar="FILE", help="age identity, to check an encrypted bundle's contents"),
     ] = None,
 ) -> None:
-    """Check the .sha256 sidecar, the signature (when a public key is given) and every file."""
-    from offline_asr.bundle.install import verify_bundle
+    """Every check `bundle install` makes of the bundle itself (the same code): the .sha256
+    sidecar, the signature (when a public key is given), bundle.json, the manifest and their
+    agreement, every file. Only checks of an install target (free disk, a delta's base release)
+    are left to install. An encrypted bundle's contents need --identity."""
+    from offline_asr.bundle.reader import verify_bundle
 
-    contents = verify_bundle(bundle, public_key=public_key, identity=identity)
-    signed = " and signature" if public_key else ""
-    if contents is None:
+    key, age = _key_files(public_key, identity)
+    checked = verify_bundle(bundle, public_key=key, identity=age)
+    signed = " and signature" if key else ""
+    if checked is None:
         out.print(f"OK {bundle.name}: sha256{signed} match; encrypted, contents not checked "
                   "(give --identity to check them)")  # fmt: skip
         return
+    contents = checked.contents
     out.print(
         f"OK {bundle.name}: sha256{signed} match; {len(contents.files)} files match bundle.json "
-        f"(manifest_version {contents.manifest_version}, models {', '.join(contents.models)})",
+        f"and the manifest (manifest_version {contents.manifest_version}, models "
+        f"{', '.join(contents.models)})",
         highlight=False,
     )
 
@@ -776,16 +825,17 @@ def bundle_verify(
 def bundle_install(
     bundle: Annotated[Path, typer.Argument(metavar="FILE", help="The bundle")],
     target: Annotated[Path, typer.Option(help="Install root (releases/, current)")],
-    identity: Annotated[
-        Path | None, typer.Option(help="age identity for encrypted bundles")
-    ] = None,
+    identity: IdentityOption = None,
     public_key: PublicKeyOption = None,
 ) -> None:
-    """Verify, decrypt, unpack safely into a new release, check every artifact, then switch
-    TARGET/current to it atomically. The previous release stays for rollback."""
+    """Make every check of `bundle verify` (and that the release fits on disk) while unpacking
+    safely into a new release, then check a delta's base release and every artifact as
+    written, and switch TARGET/current to it atomically. The previous release stays for
+    rollback; what killed installs left behind is removed first."""
     from offline_asr.bundle.install import install_bundle
 
-    release = install_bundle(bundle, target, public_key=public_key, identity=identity)
+    key, age = _key_files(public_key, identity)
+    release = install_bundle(bundle, target, public_key=key, identity=age)
     out.print(f"installed v{release.version} into {release.path}; current -> v{release.version}")
 
 
@@ -807,7 +857,8 @@ def bundle_list(target: Annotated[Path, typer.Option(help="Install root")]) -> N
 @bundle_app.command("rollback")
 @reports_errors
 def bundle_rollback(target: Annotated[Path, typer.Option(help="Install root")]) -> None:
-    """Switch TARGET/current back to the previous release, atomically."""
+    """Switch TARGET/current back to the previous release, atomically, once every artifact of
+    that release is verified against its manifest (exit 1, nothing switched, if one is not)."""
     from offline_asr.bundle.install import rollback
 
     release = rollback(target)
@@ -820,11 +871,16 @@ def bundle_prune(
     target: Annotated[Path, typer.Option(help="Install root")],
     keep: Annotated[int, typer.Option(min=1, help="Releases to keep (the current one always)")] = 2,
 ) -> None:
-    """Delete old releases, keeping the newest KEEP and the current one."""
+    """Delete old releases, keeping the newest KEEP and the current one, and what killed
+    installs left behind (staging folders, temporary links)."""
     from offline_asr.bundle.install import prune
 
-    removed = prune(target, keep)
+    removed, leftovers = prune(target, keep)
     out.print("removed " + (", ".join(f"v{v}" for v in removed) or "nothing"))
+    if leftovers:
+        names = ", ".join(str(p.relative_to(target)) for p in leftovers)
+        out.print(f"removed {len(leftovers)} leftovers of killed installs: {names}",
+                  highlight=False)  # fmt: skip
 
 
 @bundle_app.command("keygen")
@@ -880,11 +936,11 @@ def doctor(
             table.add_column(column, overflow="fold")
         colours = {"ok": "green", "warn": "yellow", "fail": "red"}
         for check in report.checks:
-            status = f"[{colours[check.status]}]{check.status.upper()}[/]"
+            status = Text(check.status.upper(), style=colours[check.status])
             table.add_row(check.area, check.subject, status, check.detail)
         out.print(table)
-        verdict = "[green]HEALTHY[/]" if report.ok else "[red]NOT HEALTHY[/]"
-        out.print(f"verdict: {verdict}")
+        verdict = Text("HEALTHY", "green") if report.ok else Text("NOT HEALTHY", "red")
+        out.print(Text.assemble("verdict: ", verdict))
         for step in report.next_steps():
             out.print(f"  next: {step}", highlight=False)
     if not report.ok:

@@ -189,8 +189,8 @@ class EnvReport:
 
     def render_table(self) -> Table:
         """One row per finding: level, topic, what was seen, and what to do about a failure."""
-        verdict = "[green]OK[/]" if self.ok else "[red]FAILED[/]"
-        table = Table(title=f"Environment check: {verdict}", show_lines=True)
+        verdict = Text("OK", style="green") if self.ok else Text("FAILED", style="red")
+        table = Table(title=Text.assemble("Environment check: ", verdict), show_lines=True)
         table.add_column("", no_wrap=True)
         table.add_column("topic", no_wrap=True)
         table.add_column("detail")

@@ -36,7 +36,7 @@ def progress_bar(*columns: ProgressColumn) -> Progress:
 def byte_progress(description: str, total: int | None) -> Iterator[Advance]:
     """Yield a callback that advances one bar by a number of bytes (thread-safe)."""
     with progress_bar(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # file names may hold `[...]`
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -77,9 +77,10 @@ class HasEnd(Protocol):
 @contextmanager
 def transcription_progress(name: str) -> Iterator[TranscriptionProgress]:
     with progress_bar(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # file names may hold `[...]`
         BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        MofNCompleteColumn(),  # seconds done / in total ("?" until the audio is decoded)
+        TextColumn("s"),
         TimeRemainingColumn(),
     ) as progress:
         yield TranscriptionProgress(progress, progress.add_task(f"transcribing {name}", total=None))

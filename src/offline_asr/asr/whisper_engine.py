@@ -18,6 +18,7 @@ from offline_asr.asr.base import (
     TranscriptionResult,
     Word,
 )
+from offline_asr.asr.whisper_features import BlockedFeatureExtractor
 from offline_asr.device import choose_device
 from offline_asr.pins import ctranslate2_facts, host_facts
 from offline_asr.schemas import ModelMetadata
@@ -45,6 +46,8 @@ class WhisperEngine(TranscriptionEngine):
                 f"cannot load {model.id!r} on {self.device} with compute type "
                 f"{model.compute_type}: {error}"
             ) from error
+        # Same features, computed 30 s at a time: memory follows the audio's length.
+        self._model.feature_extractor = BlockedFeatureExtractor(**self._model.feat_kwargs)
         self._batched = BatchedInferencePipeline(self._model)
         self._runtime = (
             host_facts()

@@ -76,6 +76,11 @@ class ServiceSettings(BaseSettings):
         None, validation_alias=_env("audit_log", "OFFLINE_ASR_AUDIT_LOG")
     )
     audit_text: bool = Field(False, validation_alias=_env("audit_text", "OFFLINE_ASR_AUDIT_TEXT"))
+    audit_secret_file: Path | None = Field(
+        None,
+        validation_alias=_env("audit_secret_file", "OFFLINE_ASR_AUDIT_SECRET_FILE"),
+        description="Secret for the API key ids in the audit log (default: beside the log)",
+    )
     threads: int = Field(0, ge=0, validation_alias=_env("threads", "OFFLINE_ASR_THREADS"))
 
     @field_validator("models", "api_keys", "cors_origins", mode="before")
@@ -107,6 +112,14 @@ class ServiceSettings(BaseSettings):
             return cls(**{name: value for name, value in flags.items() if value is not None})
         finally:
             cls.config_file = None
+
+    def audit_secret_path(self) -> Path | None:
+        """`audit_secret_file`, else `<audit_log>.secret`, else None (no place to keep one)."""
+        if self.audit_secret_file is not None:
+            return self.audit_secret_file
+        if self.audit_log is not None:
+            return self.audit_log.with_name(self.audit_log.name + ".secret")
+        return None
 
     def all_api_keys(self) -> list[str]:
         """Keys from the setting and from the keys file (one per line, # comments)."""
