@@ -442,22 +442,24 @@ def _compare(
     if len(differences) > SHOWN_DIFFERENCES:
         shown += f"; and {len(differences) - SHOWN_DIFFERENCES} more"
     (weights,) = verify_models(store.root, [model])
-    if weights.ok:
-        checked = (
-            f"the weights are not the cause: all {weights.files_checked} files were hashed again "
-            "and match the manifest"
+    if not weights.ok:
+        listed = "; ".join(f"{p.path}: {p.problem}" for p in weights.problems)
+        cause = (
+            f"the weights differ from the manifest ({listed}): reinstall the bundle or "
+            "`bundle rollback`"
         )
     else:
-        listed = "; ".join(f"{p.path}: {p.problem}" for p in weights.problems)
-        checked = f"the weights differ from the manifest ({listed}): reinstall the bundle"
-    cause = (
-        "the golden file was changed (above)"
-        if edited
-        else explain_difference(golden.runtime, result.runtime)
-    )
+        cause = (
+            f"the weights are not the cause: all {weights.files_checked} files were hashed "
+            "again and match the manifest; "
+            + (
+                "the golden file was changed (above)"
+                if edited
+                else explain_difference(golden.runtime, result.runtime)
+            )
+        )
     report.problems.append(
-        f"the decoded output of {model.id} differs from the golden output {path}: {shown}. "
-        f"{checked}; {cause}"
+        f"the decoded output of {model.id} differs from the golden output {path}: {shown}. {cause}"
     )
 
 

@@ -119,7 +119,6 @@ class GigaamEngine(TranscriptionEngine):
         self._runtime = host_facts() | {
             "device": self.device,
             "precision": model.precision,
-            "threads": str(self.threads),
             "onnxruntime_kernels": onnxruntime_kernels(),
             "ort_graph_optimization": "extended",
             "onnx-asr": metadata.version("onnx-asr"),

@@ -55,7 +55,6 @@ class WhisperEngine(TranscriptionEngine):
             | {
                 "device": self.device,
                 "compute_type": model.compute_type,
-                "threads": str(self.threads),
                 "ctranslate2": metadata.version("ctranslate2"),
                 "faster-whisper": metadata.version("faster-whisper"),
             }
