@@ -26,11 +26,11 @@ hashing, not the disk.
 
 from __future__ import annotations
 
-from offline_asr.device import pin_cpu_isa
+from offline_asr.pins import pin_runtime
 
 # Before anything imports ctranslate2, and before any server starts (it inherits the setting):
 # both sides must run the same CPU kernels.
-pin_cpu_isa()
+pin_runtime()
 
 import json  # noqa: E402
 import os  # noqa: E402

@@ -986,6 +986,39 @@ def test_crafted_archive_is_refused(
     assert_untouched(target, before, series.old)
 
 
+def test_bundles_carry_the_goldens_and_install_checks_them(
+    series: Series, target: Path, tmp_path: Path
+) -> None:
+    """The golden file is listed in bundle.json; one that no longer holds the decoded content
+    the manifest pins (even with a bundle.json made to match) is refused at install."""
+    source = series.gigaam[series.mid]
+    golden = f"models/goldens/{GIGAAM}.json"
+    assert golden in {f.path for f in contents_of(source).files}
+
+    def edit(member: Member) -> Member:
+        if member.name != golden:
+            return member
+        data = json.loads(member.data)
+        data["decoded"]["segments"][0]["tokens"] = [7]
+        return regular(member.name, json.dumps(data).encode())
+
+    crafted = write_bundle(relisted([edit(m) for m in read_members(source)]),
+                           tmp_path / "usb" / source.name)  # fmt: skip
+    before = snapshot(target)
+    refused(invoke("bundle", "install", crafted, "--target", target), 1,
+            "does not hold the golden output the manifest pins")  # fmt: skip
+    assert_untouched(target, before, series.old)
+
+
+def test_a_store_without_its_golden_file_is_not_bundled(series: Series, tmp_path: Path) -> None:
+    store = copy_store(series.store_a, tmp_path / "store")
+    store.golden_file(GIGAAM).unlink()
+    outcome = invoke("bundle", "build", "--out", tmp_path / "dist", "--locks-from", series.locks,
+                     "--models", GIGAAM, "--manifest", store.manifest_path)  # fmt: skip
+    refused(outcome, 2, f"the golden file {store.golden_file(GIGAAM)} is missing")
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
 def test_a_current_release_without_its_manifest_is_named(series: Series, target: Path) -> None:
     """A target left without a manifest (by an install before this check existed, or by hand):
     every command with --target names the missing file, not "no current release"."""
@@ -1522,7 +1555,10 @@ def test_delta_holds_only_the_changed_artifacts(series: Series) -> None:
     artifacts = {f.path for f in contents.files} - {"INSTALL.txt", "models/manifest.json"}
     artifacts -= {f"locks/{name}" for name in LOCK_FILES}
     artifacts = {p for p in artifacts if not p.endswith("/checksum.txt")}
-    assert artifacts == changed
+    # The golden files always travel (a few kB): install checks them against the manifest.
+    goldens = {p for p in artifacts if p.startswith("models/goldens/")}
+    assert goldens == {f"models/goldens/{TINY}.json"}  # gigaam was re-prepared without one
+    assert artifacts - goldens == changed
     every = {f"models/{a.path}" for m in after.models for a in m.artifacts}
     assert {f.path for f in contents.from_base} == every - changed
     assert TINY_BIN in {f.path for f in contents.from_base}

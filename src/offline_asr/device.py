@@ -1,4 +1,4 @@
-"""Before a load: are the weights present and intact, which device, which CPU instruction set.
+"""Before a load: are the weights present and intact, and which device (CPU pins: `pins`).
 
 A verified-hash cache (`registry.verified_cache`) makes the second start fast; `full=True`
 re-hashes everything.
@@ -6,7 +6,6 @@ re-hashes everything.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -18,32 +17,6 @@ from offline_asr.registry.verified_cache import VerifiedCache, file_identity
 from offline_asr.schemas import ModelMetadata
 
 Device = Literal["auto", "cpu", "cuda"]
-
-ISA_ENV = "CT2_FORCE_CPU_ISA"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def pin_cpu_isa() -> str:
-    """Pin CTranslate2's CPU dispatch (the transcript depends on it); returns the ISA used.
-
-    Must run before `ctranslate2` is imported. An explicit `CT2_FORCE_CPU_ISA` is kept;
-    otherwise AVX2 where the CPU has it, else AVX, else GENERIC.
-    """
-    if ISA_ENV not in os.environ:
-        flags = cpu_flags()
-        os.environ[ISA_ENV] = "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else "GENERIC"
-    return os.environ[ISA_ENV]
 
 
 def choose_device(requested: Device, engine: str) -> Literal["cpu", "cuda"]:

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from offline_asr.constants import SCHEMA_VERSION
+from offline_asr.constants import GOLDENS_DIR, SCHEMA_VERSION
 
 Engine = Literal["whisper", "gigaam"]
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -100,11 +100,12 @@ class Artifact(_Strict):
 
 
 class SmokeTest(_Strict):
-    """A fixed clip with its reference transcript and the output recorded at preparation.
+    """A fixed clip with its reference transcript and the golden output recorded at preparation.
 
     `audio` is relative to the store, or the name of a clip that ships with offline-asr.
-    `golden_sha256` is the hash of the canonical output (without manifest_version and runtime);
-    `runtime` records what could change it (CPU ISA, compute type, library versions).
+    `golden` is the readable golden output (canonical JSON, relative to the store);
+    `golden_sha256` is the sha256 of its decoded content, which every machine of
+    `golden_class` reproduces byte for byte; `runtime` holds the library versions.
     """
 
     audio: str
@@ -114,8 +115,21 @@ class SmokeTest(_Strict):
     max_wer: float | None = Field(
         None, ge=0, description="Upper bound on the word error rate; none for a test model"
     )
-    golden_sha256: Sha256 | None = None
-    runtime: dict[str, str] = Field(default_factory=dict)
+    word_timestamps: bool = Field(False, description="The clip is decoded with word timings")
+    golden: StorePath | None = Field(
+        None, description="Golden output file, e.g. goldens/<model-id>.json"
+    )
+    golden_sha256: Sha256 | None = Field(
+        None, description="sha256 of the golden's decoded content (canonical JSON)"
+    )
+    golden_class: dict[str, str] = Field(
+        default_factory=dict,
+        description="Reproducibility class of the golden: architecture, pinned ISA and GEMM "
+        "backend, compute type; machines of this class reproduce it exactly",
+    )
+    runtime: dict[str, str] = Field(
+        default_factory=dict, description="Library versions when the golden was recorded"
+    )
 
 
 class ModelMetadata(_Strict):
@@ -139,6 +153,8 @@ class ModelMetadata(_Strict):
 
     @model_validator(mode="after")
     def _artifacts_inside_folder(self) -> ModelMetadata:
+        if self.path.split("/")[0] == GOLDENS_DIR:
+            raise ValueError(f"model {self.id!r}: the folder {GOLDENS_DIR}/ holds golden outputs")
         seen: set[str] = set()
         for artifact in self.artifacts:
             if not artifact.path.startswith(self.path + "/"):

@@ -29,6 +29,7 @@ from offline_asr.bundle.errors import BundleError
 from offline_asr.bundle.signing import SIGNATURE_SUFFIX, load_private, sign
 from offline_asr.constants import CHECKSUM_NAME
 from offline_asr.errors import OfflineAsrError
+from offline_asr.goldens import verify_manifest_golden
 from offline_asr.progress import Advance, byte_progress
 from offline_asr.registry.integrity import checksum_text, symlink_on_path
 from offline_asr.registry.store import ModelStore
@@ -97,6 +98,10 @@ def _entries(
         entries.append(
             Entry(f"models/{model.path}/{CHECKSUM_NAME}", data=checksum_text(model).encode())
         )
+        if model.smoke is not None and model.smoke.golden is not None:
+            verify_manifest_golden(store.root, model)
+            golden = model.smoke.golden
+            entries.append(Entry(f"models/{golden}", source=store.root / golden))
         for artifact in model.artifacts:
             if base_hashes.get(artifact.path) == artifact.sha256:
                 from_base.append(BundleFile(path=f"models/{artifact.path}", sha256=artifact.sha256,

@@ -128,11 +128,18 @@ def manifest_files(manifest: Manifest) -> dict[str, tuple[str, int]]:
     return expected
 
 
+def manifest_goldens(manifest: Manifest) -> set[str]:
+    """The golden files the manifest lists, as bundle paths. The manifest pins their decoded
+    content, not their bytes: install checks that content (`goldens.verify_manifest_golden`)."""
+    return {f"models/{m.smoke.golden}" for m in manifest.models if m.smoke and m.smoke.golden}
+
+
 def manifest_disagreements(contents: BundleContents, manifest: Manifest) -> list[str]:
     """Where `bundle.json` and the manifest describe different releases (empty: they agree).
 
     Same manifest_version and models; every file the manifest accounts for is carried (or taken
-    from the base release) with the manifest's sha256 and size; nothing else under `models/`.
+    from the base release) with the manifest's sha256 and size, and every golden file it lists
+    is there; nothing else under `models/`.
     """
     problems = []
     if manifest.manifest_version != contents.manifest_version:
@@ -153,9 +160,13 @@ def manifest_disagreements(contents: BundleContents, manifest: Manifest) -> list
         elif carried[path] != digest:
             problems.append(f"{path}: {CONTENTS_NAME} and the manifest disagree on its sha256 "
                             "or size")  # fmt: skip
+    goldens = manifest_goldens(manifest)
+    problems += [f"the manifest lists {path}, which the bundle does not carry"
+                 for path in sorted(goldens - carried.keys())]  # fmt: skip
     problems += [f"{f.path} is not in the manifest" for f in contents.files
                  if f.path.startswith("models/") and f.path != MANIFEST_IN_BUNDLE
-                 and f.path not in expected]  # fmt: skip
+                 and f.path not in expected and f.path not in goldens]  # fmt: skip
     problems += [f"{f.path} is to be taken from the base release, but the manifest does not "
-                 "list it" for f in contents.from_base if f.path not in expected]  # fmt: skip
+                 "list it" for f in contents.from_base
+                 if f.path not in expected and f.path not in goldens]  # fmt: skip
     return problems

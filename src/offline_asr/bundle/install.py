@@ -27,6 +27,7 @@ from offline_asr.bundle.errors import BundleError
 from offline_asr.bundle.limits import SIDECAR_LIMIT, read_limited
 from offline_asr.bundle.reader import check_bundle
 from offline_asr.errors import OfflineAsrError
+from offline_asr.goldens import GoldenError, verify_manifest_golden
 from offline_asr.locking import exclusive
 from offline_asr.registry.integrity import sha256_file, verify_models
 from offline_asr.registry.store import ModelStore
@@ -88,7 +89,8 @@ def release_problems(release: Path, version: int) -> list[str]:
     """Why the release folder is not a complete, unaltered v{version} (empty: it is).
 
     Its manifest must be there, valid, of that version and list models; every artifact must
-    match it (sha256 and size), with nothing unlisted in the model folders.
+    match it (sha256 and size), with nothing unlisted in the model folders; every golden file
+    it lists must hold the decoded content it pins.
     """
     manifest_path = release / MANIFEST_IN_BUNDLE
     if not manifest_path.is_file():
@@ -103,11 +105,17 @@ def release_problems(release: Path, version: int) -> list[str]:
                 f"not {version}"]  # fmt: skip
     if not manifest.models:
         return [f"{MANIFEST_IN_BUNDLE} lists no models"]
-    return [
+    problems = [
         f"models/{problem.path} {problem.problem} ({problem.detail})"
         for report in verify_models(store.root, manifest.models)
         for problem in report.problems
     ]
+    for model in manifest.models:
+        try:
+            verify_manifest_golden(store.root, model)
+        except GoldenError as error:
+            problems.append(str(error))
+    return problems
 
 
 def _take_from_base(base: Path, staging: Path, files: list[BundleFile]) -> None:

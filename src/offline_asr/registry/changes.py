@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from offline_asr.errors import StoreError
-from offline_asr.registry.store import ModelStore, diff_model, write_atomic
+from offline_asr.registry.store import ModelStore, diff_model, restore_files, write_atomic
 from offline_asr.schemas import Artifact, Manifest, StorePath
 
 log = logging.getLogger(__name__)
@@ -110,15 +110,18 @@ def remove_model(store: ModelStore, model_id: str) -> Manifest:
         model = store.get(manifest, model_id)
         folder = store.root / model.path
         work = work_folder(store, f"removed-{model_id}")
+        goldens: dict[Path, bytes | None] = {}
         try:
             write_journal(work, Journal(model_id=model_id, folder=model.path, after=None))
             if folder.exists():
                 folder.rename(work / PREVIOUS)
+            goldens = store.replace_goldens({model_id: None})
             remaining = [m for m in manifest.models if m.id != model_id]
             change = diff_model(model, None)
             assert change is not None
             updated = store.save(manifest.model_copy(update={"models": remaining}), [change])
         except BaseException:
+            restore_files(goldens)
             if (work / PREVIOUS).exists():
                 (work / PREVIOUS).rename(folder)
             raise

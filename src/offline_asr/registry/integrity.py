@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from offline_asr.constants import CHECKSUM_NAME, HASH_CHUNK
+from offline_asr.constants import CHECKSUM_NAME, GOLDENS_DIR, HASH_CHUNK
 from offline_asr.progress import Advance, byte_progress
 from offline_asr.schemas import Artifact, ModelMetadata
 
@@ -151,8 +151,10 @@ def unlisted_files(root: Path, model: ModelMetadata) -> list[str]:
 def unregistered_paths(root: Path, models: list[ModelMetadata]) -> list[str]:
     """Folders (and stray files or links beside model folders) that belong to no listed model,
     e.g. left by a killed preparation or copied in by hand. Top-level files (the manifest, its
-    schema), hidden top-level entries (the store's own) and empty folders are left out."""
+    schema), hidden top-level entries (the store's own) and empty folders are left out; in
+    `goldens/` only the golden files of listed models belong."""
     folders = {model.path for model in models}
+    goldens = {m.smoke.golden for m in models if m.smoke is not None and m.smoke.golden}
     ancestors = {str(parent) for path in folders for parent in PurePosixPath(path).parents}
     found = []
     pending = ["."]
@@ -164,7 +166,11 @@ def unregistered_paths(root: Path, models: list[ModelMetadata]) -> list[str]:
                 if relative in folders:
                     continue  # a model's own folder: `verify_models` checks it
                 is_dir = entry.is_dir(follow_symlinks=False)
-                if is_dir and relative in ancestors:
+                if is_dir and relative == GOLDENS_DIR:
+                    with os.scandir(entry.path) as listed:
+                        found += [f"{GOLDENS_DIR}/{e.name}" for e in listed
+                                  if f"{GOLDENS_DIR}/{e.name}" not in goldens]  # fmt: skip
+                elif is_dir and relative in ancestors:
                     pending.append(relative)
                 elif folder == "." and (entry.name.startswith(".") or entry.is_file()):
                     continue

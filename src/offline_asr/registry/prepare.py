@@ -30,7 +30,7 @@ from offline_asr.registry.layouts import (
     ctranslate2_weight_dtype,
     gigaam_layout,
 )
-from offline_asr.registry.store import ModelStore, diff_model
+from offline_asr.registry.store import ModelStore, diff_model, restore_files
 from offline_asr.schemas import (
     ENGINES,
     MODEL_ID,
@@ -334,20 +334,25 @@ def _install(
     write_journal(staging, Journal(model_id=new.id, folder=new.path, after=new.artifacts))
     if target.exists():
         target.rename(previous)
+    old_goldens: dict[Path, bytes | None] = {}
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         (staging / NEW).rename(target)
+        golden: str | None = None
         if smoke_missing:
             from offline_asr.smoke import record_smoke  # loads the engines: only when needed
 
-            recorded = record_smoke(store, new, manifest.manifest_version + 1)
-            new = new.model_copy(update={"smoke": recorded})
+            recorded, golden_file = record_smoke(store, new, manifest.manifest_version + 1)
+            new, golden = new.model_copy(update={"smoke": recorded}), golden_file.to_json()
         change = diff_model(old, new)
         if change is None:
             return PrepareResult(new, manifest.manifest_version, registered=False, restored=True)
+        if golden is not None or new.smoke is None:  # a new golden, or none for new weights
+            old_goldens = store.replace_goldens({new.id: golden})
         models = sorted([m for m in manifest.models if m.id != new.id] + [new], key=lambda m: m.id)
         updated = store.save(manifest.model_copy(update={"models": models}), [change])
     except BaseException:
+        restore_files(old_goldens)
         shutil.rmtree(target, ignore_errors=True)
         if previous.exists():
             previous.rename(target)

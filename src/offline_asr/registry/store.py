@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from offline_asr.constants import CHANGELOG_NAME, LOCK_NAME, MANIFEST_ENV, STAGING_DIR
+from offline_asr.constants import CHANGELOG_NAME, GOLDENS_DIR, LOCK_NAME, MANIFEST_ENV, STAGING_DIR
 from offline_asr.errors import ManifestError, ModelNotFoundError, StoreError
 from offline_asr.locking import exclusive
 from offline_asr.schemas import Manifest, ModelMetadata, describe_validation_error
@@ -47,14 +47,30 @@ def diff_model(old: ModelMetadata | None, new: ModelMetadata | None) -> Manifest
             )
     if old.smoke != new.smoke and new.smoke is not None:
         golden = old.smoke.golden_sha256 if old.smoke else "none"
+        klass = ", ".join(f"{key}={value}" for key, value in new.smoke.golden_class.items())
         details.append(
             f"smoke test on `{new.smoke.audio}`: golden sha256 {golden} -> "
             f"{new.smoke.golden_sha256}"
+            + (f" (`{new.smoke.golden}`, class {klass})" if new.smoke.golden else "")
         )
     for name in sorted(type(new).model_fields):
         if name not in ("artifacts", "smoke") and getattr(old, name) != getattr(new, name):
             details.append(f"{name} changed")
     return ManifestChange("updated", new.id, details)
+
+
+def golden_path(model_id: str) -> str:
+    """The manifest's golden output of a model, relative to the store."""
+    return f"{GOLDENS_DIR}/{model_id}.json"
+
+
+def restore_files(previous: dict[Path, bytes | None]) -> None:
+    """Put back what `ModelStore.replace_goldens` replaced."""
+    for path, data in previous.items():
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, data.decode("utf-8"))
 
 
 def write_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
@@ -123,6 +139,23 @@ class ModelStore:
     @property
     def staging(self) -> Path:
         return self.root / STAGING_DIR
+
+    def golden_file(self, model_id: str) -> Path:
+        """Where the manifest's golden output of a model lives (`smoke.golden`)."""
+        return self.root / golden_path(model_id)
+
+    def replace_goldens(self, texts: dict[str, str | None]) -> dict[Path, bytes | None]:
+        """Write (or, for None, delete) the golden files of these models; returns the old bytes
+        for `restore_files`, should the manifest that lists them fail to save."""
+        previous: dict[Path, bytes | None] = {}
+        for model_id, text in texts.items():
+            path = self.golden_file(model_id)
+            previous[path] = path.read_bytes() if path.is_file() else None
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_atomic(path, text)
+        return previous
 
     def load(self, *, missing_ok: bool = False) -> Manifest:
         """Read and validate the manifest.
