@@ -22,11 +22,11 @@ Loading (including the verified-hash check) is timed once, apart from the per-ca
 
 from __future__ import annotations
 
-from offline_asr.device import pin_cpu_isa
+from offline_asr.pins import pin_runtime
 
-# As our engine does, before ctranslate2 is used: the raw WhisperModel in this process then
-# runs on the same CPU ISA as our engine (CTranslate2 reads the variable at its first use).
-pin_cpu_isa()
+# As our package does on import, before numpy or ctranslate2 load: the raw WhisperModel in this
+# process then runs with the same CPU pins as our engine.
+pin_runtime()
 
 import json  # noqa: E402
 import os  # noqa: E402

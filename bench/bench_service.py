@@ -26,11 +26,11 @@ hashing, not the disk.
 
 from __future__ import annotations
 
-from offline_asr.device import pin_cpu_isa
+from offline_asr.pins import pin_runtime
 
 # Before anything imports ctranslate2, and before any server starts (it inherits the setting):
 # both sides must run the same CPU kernels.
-pin_cpu_isa()
+pin_runtime()
 
 import json  # noqa: E402
 import os  # noqa: E402
@@ -105,14 +105,16 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def _server(concurrency: int, log: Path) -> Iterator[Server]:
-    """`offline-asr serve` for MODEL on a free loopback port; always stopped on exit."""
+def _server(concurrency: int, log: Path, **settings: str) -> Iterator[Server]:
+    """`offline-asr serve` for MODEL on a free loopback port, with more `settings` in its
+    environment; always stopped on exit."""
     port = _free_port()
     env = {
         **os.environ,
         "OFFLINE_ASR_MAX_CONCURRENCY": str(concurrency),
         "OFFLINE_ASR_MAX_QUEUE": str(REQUESTS * 2),
         "OFFLINE_ASR_THREADS": "0",  # as the in-process engine: the runtime's default
+        **settings,
     }
     command = [str(Path(sys.executable).with_name("offline-asr")), "serve",
                "--manifest", str(MANIFEST), "--model", MODEL,

@@ -30,6 +30,7 @@ def _load(path: Path) -> Any:
 
 def main() -> None:
     selected = set(sys.argv[1:])
+    sys.path.insert(0, str(HERE))  # benchmarks share helpers (e.g. bench_service's server)
     rows: list[dict[str, Any]] = []
     for path in sorted(HERE.glob("bench_*.py")):
         if selected and path.stem not in selected:

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+import offline_asr.audio as audio_module
 from offline_asr.audio import (
     LENGTH_TOLERANCE,
     AudioError,
@@ -35,11 +36,13 @@ from support.audio_fixtures import (
     cut,
     damage,
     encode,
+    long_speech_wav,
     read_wav,
     resample,
     video_only,
     wav_bytes,
 )
+from support.memory import peak_growth_mb
 
 # name -> (audio codec, container format, video codec)
 FORMATS: dict[str, tuple[str, str | None, str | None]] = {
@@ -372,3 +375,30 @@ def test_limits_come_from_the_environment(media: Path, monkeypatch: pytest.Monke
 
 def test_default_limits() -> None:
     assert AudioLimits() == AudioLimits(max_bytes=500_000_000, max_seconds=4 * 3600)
+
+
+_DECODE = """
+from offline_asr.audio import AudioLimits, decode_audio
+before = peak()
+decode_audio(Path(sys.argv[1]), limits=AudioLimits(10**9, 4 * 3600))
+"""
+
+
+def test_an_hour_of_audio_costs_about_one_copy_of_itself(tmp_path: Path) -> None:
+    """1 h at 8 kHz is 230 MB as 16 kHz float32. Decoding it into a list of pieces and joining
+    them took three times that (675 MB); one buffer filled in place takes about one."""
+    path = long_speech_wav(tmp_path / "hour.wav", 3600)
+    growth = peak_growth_mb(_DECODE, str(path))
+    audio_mb = 3600 * SAMPLE_RATE * 4 / 2**20
+    print(f"\ndecoding 1 h: peak RSS +{growth:.0f} MB for {audio_mb:.0f} MB of samples")
+    assert growth < 1.5 * audio_mb, (growth, audio_mb)
+
+
+def test_audio_longer_than_the_first_guess_grows_its_buffer(
+    reference: npt.NDArray[np.float32], media: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-way stream reports no length: the buffer starts small and grows as needed."""
+    monkeypatch.setattr(audio_module, "_UNKNOWN_LENGTH", 1)
+    stream = OneWay((media / "clip.wav").read_bytes())
+    audio = decode_audio(stream, limits=LIMITS, name="pipe")  # type: ignore[arg-type]  # OneWay
+    np.testing.assert_array_equal(audio, reference)

@@ -14,6 +14,7 @@ from rich.console import Console
 from offline_asr.asr.base import DecodeOptions
 from offline_asr.audit import AuditLog
 from offline_asr.audit_report import (
+    NO_MODEL,
     AuditReport,
     UsageRow,
     build_report,
@@ -278,3 +279,29 @@ def test_an_empty_report_still_renders(tmp_path: Path) -> None:
     report = build_report([_write(tmp_path / "empty.jsonl")])
     assert (report.rows, report.entries, report.malformed) == ([], 0, [])
     assert "no transcriptions" in _render(report)
+
+
+def test_service_lines_refused_before_a_model_was_chosen_count_as_errors(tmp_path: Path) -> None:
+    """The service writes a line per request: a 401 or a 413 names no model (null), a
+    `request` line is another route, a `cancellation` line the late end of a stopped job."""
+    refused = json.dumps({
+        "time": "2025-03-05T10:00:00.000+00:00", "event": "transcription", "request_id": "a",
+        "method": "POST", "path": "/v1/audio/transcriptions", "status": 401,
+        "error_code": "invalid_api_key", "outcome": "error", "client": "10.0.0.3",
+        "api_key_id": None, "latency_s": 0.001, "cancelled": None,
+    })  # fmt: skip
+    other = json.dumps({
+        "time": "2025-03-05T10:00:01+00:00", "event": "request", "status": 404,
+        "outcome": "error", "request_id": "b", "path": "/v1/nothing",
+    })  # fmt: skip
+    stopped = json.dumps({
+        "time": "2025-03-05T10:00:02+00:00", "event": "cancellation", "request_id": "c",
+        "reason": "timeout", "stopped_early": True,
+    })  # fmt: skip
+    path = _write(tmp_path / "audit.jsonl", refused, other, stopped, _line("2025-03-05T11:00:00Z"))
+    report = build_report([path])
+    assert report.malformed == []
+    assert [(row.model_id, row.client, row.requests, row.errors) for row in report.rows] == [
+        (NO_MODEL, "10.0.0.3", 1, 1),
+        ("whisper-base", "cli", 1, 0),
+    ]

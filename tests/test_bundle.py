@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx2 as httpx
 import pyrage
@@ -45,7 +45,7 @@ import pytest
 from offline_asr import testmodel
 from offline_asr.bundle.build import LOCK_FILES
 from offline_asr.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
-from offline_asr.bundle.install import AGE_MAGIC
+from offline_asr.bundle.reader import AGE_MAGIC
 from offline_asr.constants import CLIPS_DIR
 from offline_asr.registry.store import ModelStore
 from offline_asr.schemas import Manifest
@@ -57,12 +57,17 @@ from support.bundles import (
     copy_bundle,
     copy_store,
     invoke,
+    measured,
+    padded,
+    pax_header,
+    raw_blocks,
     read_members,
     regular,
     relisted,
     sha256_of,
     snapshot,
     special,
+    tar_header,
     write_bundle,
     write_sidecar,
 )
@@ -80,6 +85,8 @@ WER_BOUND = 0.15
 PAGE = 4096
 GIGAAM_DIR = "models/gigaam/v3-ctc-testtiny"
 TINY_BIN = "models/whisper/tiny.en/model.bin"
+MANIFEST = "models/manifest.json"
+GIB = 1 << 30
 
 
 @pytest.fixture(autouse=True)
@@ -250,10 +257,10 @@ def test_rebuild_gives_the_same_bytes(series: Series, tmp_path: Path) -> None:
     sidecar = again.with_name(again.name + ".sha256").read_text()
     assert sidecar == first.with_name(first.name + ".sha256").read_text()
     assert sidecar == f"{sha256_of(again)}  {again.name}\n"
-    # The archive: bundle.json first, then sorted entries with fixed owner, mode and time.
+    # The archive: bundle.json, the manifest, then sorted entries; fixed owner, mode and time.
     members = read_members(again)
-    assert members[0].name == CONTENTS_NAME
-    names = [m.name for m in members[1:]]
+    assert [m.name for m in members[:2]] == [CONTENTS_NAME, MANIFEST]
+    names = [m.name for m in members[2:]]
     assert names == sorted(names)
     assert {(m.info.uid, m.info.gid, m.info.mode) for m in members} == {(0, 0, 0o644)}
     assert len({m.info.mtime for m in members}) == 1
@@ -449,6 +456,114 @@ def test_missing_signature_is_refused_when_a_key_is_configured(
     assert_untouched(target, before, series.old)
 
 
+@dataclass(frozen=True)
+class Armed:
+    """A signed and an encrypted bundle (gigaam-only, `mid`) with the keys that open them."""
+
+    signed: Path
+    public: Path
+    encrypted: Path
+    identity: Path
+
+
+@pytest.fixture(scope="module")
+def armed(series: Series, tmp_path_factory: pytest.TempPathFactory) -> Armed:
+    folder = tmp_path_factory.mktemp("armed")
+    private, public = folder / "signing.key", folder / "signing.pub"
+    assert invoke("bundle", "keygen", "--private", private, "--public", public).exit_code == 0
+    identity, recipient = age_identity(folder / "age")
+    signed = build(series.store_a, folder / "signed", "--models", GIGAAM, "--sign-key", private,
+                   locks=series.locks)  # fmt: skip
+    encrypted = build(series.store_a, folder / "encrypted", "--models", GIGAAM,
+                      "--recipient", recipient, locks=series.locks)  # fmt: skip
+    return Armed(signed, public, encrypted, identity)
+
+
+def sparse(path: Path, head: bytes = b"") -> Path:
+    """`head`, then zeros up to 1 GiB, taking no disk (a hostile or broken file)."""
+    path.write_bytes(head)
+    os.truncate(path, GIB)
+    return path
+
+
+def _padded_sidecar(armed: Armed, folder: Path, suffix: str) -> Path:
+    """A copy of the signed bundle whose `suffix` sidecar is itself, then 1 GiB of zeros."""
+    bundle = copy_bundle(armed.signed, folder)
+    sidecar = bundle.with_name(bundle.name + suffix)
+    sparse(sidecar, sidecar.read_bytes())
+    return bundle
+
+
+def _nested_signature(armed: Armed, folder: Path) -> Path:
+    """A copy of the signed bundle whose `.sig` is 20,000 nested JSON arrays (40 kB)."""
+    bundle = copy_bundle(armed.signed, folder)
+    bundle.with_name(bundle.name + ".sig").write_text("[" * 20_000 + "]" * 20_000)
+    return bundle
+
+
+Invocation = tuple[Path, tuple[str | Path, ...], dict[str, str]]
+"""The bundle, extra arguments, extra environment."""
+
+CONFIGURED: dict[str, tuple[Callable[[Armed, Path], Invocation], int, str]] = {
+    "sha256-sidecar-padded": (
+        lambda a, f: (_padded_sidecar(a, f, ".sha256"), ("--public-key", a.public), {}),
+        1, ".sha256 is 1,073,741,824 bytes, larger than",
+    ),
+    "signature-nested": (
+        lambda a, f: (_nested_signature(a, f), ("--public-key", a.public), {}),
+        1, ".sig is not a valid signature file",
+    ),
+    "signature-padded": (
+        lambda a, f: (_padded_sidecar(a, f, ".sig"), ("--public-key", a.public), {}),
+        1, ".sig is 1,073,741,824 bytes, larger than",
+    ),
+    # A key that is configured but unusable is an error, never "no key".
+    "key-env-empty": (lambda a, f: (a.signed, (), {KEY_ENV: ""}), 2, f"{KEY_ENV} is set but empty"),
+    "key-option-empty": (lambda a, f: (a.signed, ("--public-key", ""), {}), 2,
+                         "--public-key is empty"),
+    "key-file-empty": (lambda a, f: (a.signed, ("--public-key", f / "empty.pub"), {}), 2,
+                       "empty.pub is empty"),
+    "key-file-missing": (lambda a, f: (a.signed, ("--public-key", f / "none.pub"), {}), 2,
+                         "cannot read the public key"),
+    "key-file-folder": (lambda a, f: (a.signed, ("--public-key", f), {}), 2,
+                        "cannot read the public key"),
+    "key-file-garbage": (lambda a, f: (a.signed, ("--public-key", f / "garbage.pub"), {}), 2,
+                         "garbage.pub is not an Ed25519 public key"),
+    "key-file-padded": (lambda a, f: (a.signed, ("--public-key", sparse(f / "huge.pub")), {}), 2,
+                        "huge.pub is 1,073,741,824 bytes, larger than"),
+    "identity-option-empty": (lambda a, f: (a.encrypted, ("--identity", ""), {}), 2,
+                              "--identity is empty"),
+    "identity-file-empty": (lambda a, f: (a.encrypted, ("--identity", f / "empty.pub"), {}), 2,
+                            "empty.pub holds no AGE-SECRET-KEY line"),
+    "identity-file-padded": (lambda a, f: (a.encrypted, ("--identity", sparse(f / "huge.age")),
+                             {}), 2, "huge.age is 1,073,741,824 bytes, larger than"),
+}  # fmt: skip
+"""Sidecars and key settings that must be refused, by `bundle verify` and `bundle install` alike."""
+
+
+@pytest.mark.parametrize("case", list(CONFIGURED))
+def test_unusable_sidecar_or_key_setting_is_refused(
+    series: Series, armed: Armed, target: Path, tmp_path: Path, case: str
+) -> None:
+    make, code, message = CONFIGURED[case]
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    (folder / "empty.pub").write_bytes(b"")
+    (folder / "garbage.pub").write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n")
+    bundle, args, env = make(armed, folder)
+    before = snapshot(target)
+    outcomes, costs = {}, {}
+    for command in ("verify", "install"):
+        where = ("--target", target) if command == "install" else ()
+        with measured() as costs[command]:
+            outcomes[command] = invoke("bundle", command, bundle, *where, *args, env=env,
+                                       catch_exceptions=True)  # fmt: skip
+    for command, cost in costs.items():
+        assert cost.peak_bytes < COST_BOUND, (command, cost, outcomes[command])
+    refused_alike(outcomes, code, message)
+    assert_untouched(target, before, series.old)
+
+
 def test_signature_of_another_bundle_is_refused(
     series: Series, target: Path, keys: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -549,6 +664,165 @@ def _contents_not_first(members: list[Member]) -> list[Member]:
     return [rest[0], head, *rest[1:]]
 
 
+def _changed(members: list[Member], name: str, change: Callable[[dict[str, Any]], object]
+             ) -> list[Member]:  # fmt: skip
+    """The members with the JSON entry `name` changed in place by `change` (not relisted)."""
+    result = []
+    for member in members:
+        if member.name == name:
+            data = json.loads(member.data)
+            change(data)
+            member = regular(name, json.dumps(data, indent=2).encode())
+        result.append(member)
+    return result
+
+
+def _contents_changed(**fields: object) -> Callable[[list[Member]], list[Member]]:
+    """bundle.json with `fields` set (everything else listed as it is)."""
+    return lambda members: _changed(relisted(members), CONTENTS_NAME, lambda c: c.update(fields))
+
+
+def _manifest_changed(change: Callable[[dict[str, Any]], object]
+                      ) -> Callable[[list[Member]], list[Member]]:  # fmt: skip
+    """The inner manifest changed, and bundle.json listing it as it now is."""
+    return lambda members: relisted(_changed(members, MANIFEST, change))
+
+
+def _no_manifest(members: list[Member]) -> list[Member]:
+    return relisted([m for m in members if m.name != MANIFEST])
+
+
+def _manifest_last(members: list[Member]) -> list[Member]:
+    manifest = next(m for m in members if m.name == MANIFEST)
+    return relisted([*(m for m in members if m is not manifest), manifest])
+
+
+def _extra_artifact(manifest: dict[str, Any]) -> None:
+    """The manifest lists a file that the bundle does not carry."""
+    manifest["models"][0]["artifacts"].append(
+        {"path": f"{GIGAAM_DIR.removeprefix('models/')}/extra.bin", "sha256": "0" * 64, "size": 1}
+    )
+
+
+def _file_not_in_manifest(members: list[Member]) -> list[Member]:
+    return relisted([*members, regular(f"{GIGAAM_DIR}/extra.bin", b"not in the manifest\n")])
+
+
+def _checksum_altered(members: list[Member]) -> list[Member]:
+    checksum = f"{GIGAAM_DIR}/checksum.txt"
+    return relisted([regular(m.name, m.data + b"# changed\n") if m.name == checksum else m
+                     for m in members])  # fmt: skip
+
+
+def _from_base_without_base(members: list[Member]) -> list[Member]:
+    """A file taken from a base release, in a bundle that names no base."""
+    vocab = f"{GIGAAM_DIR}/v3_vocab.txt"
+    head, *rest = relisted(members)
+    contents = json.loads(head.data)
+    contents["from_base"] = [f for f in contents["files"] if f["path"] == vocab]
+    contents["files"] = [f for f in contents["files"] if f["path"] != vocab]
+    return [regular(CONTENTS_NAME, json.dumps(contents).encode()),
+            *(m for m in rest if m.name != vocab)]  # fmt: skip
+
+
+def _version_as_string(members: list[Member]) -> list[Member]:
+    """manifest_version "7" where 7 is meant (pydantic's lax mode would take it)."""
+    return _changed(relisted(members), CONTENTS_NAME,
+                    lambda c: c.update(manifest_version=str(c["manifest_version"])))  # fmt: skip
+
+
+def _raw_contents(data: bytes) -> Callable[[list[Member]], list[Member]]:
+    return lambda members: [regular(CONTENTS_NAME, data), *members[1:]]
+
+
+def _huge_contents(members: list[Member]) -> list[Member]:
+    """A valid bundle.json followed by 1 GiB of spaces (still valid JSON)."""
+    head, *rest = relisted(members)
+    return [padded(CONTENTS_NAME, head.data, GIB), *rest]
+
+
+def _huge_manifest(members: list[Member]) -> list[Member]:
+    """The manifest followed by 1 GiB of spaces, listed with its true sha256 and size."""
+    return relisted([padded(m.name, m.data, GIB) if m.name == MANIFEST else m for m in members])
+
+
+def _entry_larger_than_listed(members: list[Member]) -> list[Member]:
+    """INSTALL.txt is 1 GiB of zeros in the archive; bundle.json lists the real one."""
+    return [padded(m.name, b"", GIB, b"\0") if m.name == "INSTALL.txt" else m for m in members]
+
+
+def _entry_smaller_than_listed(members: list[Member]) -> list[Member]:
+    return [regular(m.name, m.data[:-1]) if m.name == "INSTALL.txt" else m for m in members]
+
+
+def _huge_pax_header(members: list[Member]) -> list[Member]:
+    """A 1 GiB pax extended header before INSTALL.txt (tarfile reads such a header whole)."""
+    members = relisted(members)
+    index = next(i for i, m in enumerate(members) if m.name == "INSTALL.txt")
+    bomb = padded("././@PaxHeader", b"", GIB, b"\0", kind=tarfile.XHDTYPE)
+    return [*members[:index], bomb, *members[index:]]
+
+
+def _before_install_txt(members: list[Member], *inserted: Member) -> list[Member]:
+    """The members relisted, with `inserted` (not listed) just before INSTALL.txt."""
+    members = relisted(members)
+    index = next(i for i, m in enumerate(members) if m.name == "INSTALL.txt")
+    return [*members[:index], *inserted, *members[index:]]
+
+
+def _sparse_file(members: list[Member]) -> list[Member]:
+    """An old GNU sparse entry whose map goes on for 64 MiB of extension blocks."""
+
+    def extended(block: bytearray) -> None:
+        block[482], block[483:495] = 1, b"%011o\0" % 1000
+
+    entries = bytearray(512)
+    for i in range(21):
+        entries[i * 24 : (i + 1) * 24] = b"%011o\0%011o\0" % (i + 1, 1)
+    more, last = bytes(entries[:504]) + b"\1" + bytes(7), bytes(entries[:504]) + bytes(8)
+    blocks = tar_header("junk/sparse", tarfile.GNUTYPE_SPARSE, 0, extended)
+    blocks += more * ((64 << 20) // 512) + last
+    return _before_install_txt(members, raw_blocks("junk/sparse", blocks))
+
+
+def _sparse_map(members: list[Member]) -> list[Member]:
+    """A GNU sparse 1.0 entry: its map (3 million pairs) is read from its data, unbounded."""
+    pairs = 3_000_000
+    sparse = regular("junk/sparse", b"%d\n" % pairs + b"1000\n" * (2 * pairs))
+    sparse.info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": "junk/sparse",
+        "GNU.sparse.realsize": "1",
+    }
+    return _before_install_txt(members, sparse)  # fmt: skip
+
+
+def _header_chain(members: list[Member]) -> list[Member]:
+    """5,000 pax headers in a row (tarfile follows them recursively)."""
+    return _before_install_txt(members, raw_blocks("chain", pax_header({"c": "x"}) * 5000))
+
+
+def _global_keys(members: list[Member]) -> list[Member]:
+    """4,000 listed empty files, each after a pax global header with a new key (tarfile keeps
+    the keys, and every member a copy of them)."""
+    junk = [regular(f"junk/{i}", b"") for i in range(4000)]
+    headers = [
+        raw_blocks("g", pax_header({f"k{i}": "v" * 100}, tarfile.XGLTYPE)) for i in range(4000)
+    ]
+    head, *rest = relisted([*members, *junk])
+    return [head, *rest[:-4000], *(m for pair in zip(headers, junk, strict=True) for m in pair)]
+
+
+def _members_kept(members: list[Member]) -> list[Member]:
+    """1,000 listed empty files with a 60 kB pax header each (tarfile keeps every member it
+    read, with its headers), then a file bundle.json does not list."""
+    junk = [regular(f"junk/{i}", b"") for i in range(1000)]
+    for member in junk:
+        member.info.pax_headers = {"comment": "x" * 60_000}
+    return [*relisted([*members, *junk]), regular("junk/unlisted", b"")]
+
+
 CRAFTED: dict[str, tuple[Callable[[list[Member]], list[Member]], str]] = {
     # Unsafe paths are refused already when bundle.json lists them.
     "dotdot": (_parent, "path '../escaped' must not contain '..'"),
@@ -562,7 +836,108 @@ CRAFTED: dict[str, tuple[Callable[[list[Member]], list[Member]], str]] = {
     "altered": (_altered, f"{GIGAAM_DIR}/v3_vocab.txt differs from its sha256"),
     "hidden": (_hidden, "path '.bundle-info.json' must not start in a hidden folder"),
     "contents-not-first": (_contents_not_first, "its first entry must be bundle.json"),
+    # Paths that can be checked but not written (install failed where verify passed).
+    "file-and-folder": (
+        lambda members: relisted([*members, regular("junk/a", b"1"), regular("junk/a/b", b"2")]),
+        "junk/a is listed as a file and as a folder",
+    ),
+    "name-too-long": (
+        lambda members: relisted([*members, regular("junk/" + "x" * 300, b"")]),
+        "has a name longer than 255",
+    ),
+    "control-character": (
+        lambda members: relisted([*members, regular("junk/" + "x" * 120 + "\0b", b"")]),
+        "holds a control character",
+    ),
+    # The inner manifest: present, second, and in agreement with bundle.json.
+    "no-manifest": (_no_manifest, "bundle.json does not list models/manifest.json"),
+    "manifest-not-second": (_manifest_last, "its second entry must be models/manifest.json"),
+    "manifest-other-version": (
+        _manifest_changed(lambda m: m.update(manifest_version=m["manifest_version"] + 1)),
+        "models/manifest.json has manifest_version",
+    ),
+    "manifest-other-sha256": (
+        _manifest_changed(lambda m: m["models"][0]["artifacts"][-1].update(sha256="0" * 64)),
+        f"{GIGAAM_DIR}/v3_vocab.txt: bundle.json and the manifest disagree",
+    ),
+    "manifest-lists-more": (
+        _manifest_changed(_extra_artifact),
+        f"the manifest lists {GIGAAM_DIR}/extra.bin, which the bundle does not carry",
+    ),
+    "file-not-in-manifest": (
+        _file_not_in_manifest,
+        f"{GIGAAM_DIR}/extra.bin is not in the manifest",
+    ),
+    "checksum-txt-altered": (
+        _checksum_altered,
+        f"{GIGAAM_DIR}/checksum.txt: bundle.json and the manifest disagree",
+    ),
+    "manifest-lacks-a-named-model": (
+        _contents_changed(models=[GIGAAM, TINY]),
+        f"bundle.json names {TINY}, which the manifest does not list",
+    ),
+    "model-not-named": (
+        _contents_changed(models=[TINY]),
+        f"the manifest lists {GIGAAM}, which bundle.json does not name",
+    ),
+    "manifest-breaks-schema": (
+        _manifest_changed(lambda m: m.update(surprise=True)),
+        "models/manifest.json in the bundle breaks the manifest schema",
+    ),
+    "manifest-not-utf8": (
+        lambda members: relisted(
+            [regular(MANIFEST, b"\xff\xfe{") if m.name == MANIFEST else m for m in members]
+        ),
+        "models/manifest.json in the bundle breaks the manifest schema",
+    ),
+    # bundle.json itself: versions, schema, nesting, encoding.
+    "negative-version": (_contents_changed(manifest_version=-1), "manifest_version"),
+    "zero-version": (_contents_changed(manifest_version=0), "manifest_version"),
+    "string-version": (_version_as_string, "manifest_version"),
+    "base-not-older": (_contents_changed(base_manifest_version=10**6), "base_manifest_version"),
+    "from-base-without-base": (_from_base_without_base, "from_base"),
+    "model-named-twice": (_contents_changed(models=[GIGAAM, GIGAAM]), "named twice"),
+    "deeply-nested": (_raw_contents(b"[" * 100_000 + b"]" * 100_000), "bundle.json is not valid"),
+    "not-utf8": (_raw_contents(b'{"format": 1, \xff}'), "bundle.json is not valid"),
+    # Sizes: nothing read or written past a limit or past the size bundle.json lists.
+    "huge-bundle-json": (_huge_contents, "bundle.json is 1,073,7"),
+    "huge-manifest": (_huge_manifest, "models/manifest.json is 1,073,7"),
+    "entry-larger-than-listed": (
+        _entry_larger_than_listed,
+        "INSTALL.txt is 1,073,741,824 bytes in the archive",
+    ),
+    "entry-smaller-than-listed": (_entry_smaller_than_listed, "INSTALL.txt is "),
+    "huge-pax-header": (_huge_pax_header, "header of 1,073,741,824 bytes"),
+    "huge-lock-file": (
+        lambda members: relisted(
+            [padded(m.name, b"", GIB) if m.name == "locks/uv.lock" else m for m in members]
+        ),
+        "locks/uv.lock is listed with 1,073,741,824 bytes",
+    ),
+    # pydantic builds one error per bad element (and a copy of the input for each): 1 MiB of
+    # `{}` in a list was gigabytes. Now validation stops at the first bad element.
+    "contents-many-errors": (
+        lambda members: _changed(
+            relisted(members), CONTENTS_NAME, lambda c: c.update(files=[{"x": 1}] * 50_000)
+        ),
+        "files.0.x: Extra inputs are not permitted",
+    ),
+    "manifest-many-errors": (
+        _manifest_changed(lambda m: m.update(models=[{}] * 90_000)),
+        "models.0.id: Field required",
+    ),
+    "sparse-file": (_sparse_file, "'junk/sparse' is a sparse file"),
+    "sparse-map": (_sparse_map, "a GNU sparse 1.0 file"),
+    "header-chain": (_header_chain, "more than 4 tar headers in a row"),
+    "global-header-keys": (_global_keys, "more than 64 pax global header keys"),
+    "members-kept": (_members_kept, "junk/unlisted is in the archive but not in bundle.json"),
 }
+"""Each hostile archive, the flaw it carries, and a fragment of the one message that refuses it."""
+
+# What refusing any of them may cost: the fixed code holds and writes a few MiB at most (its
+# read buffers); the broken one held or wrote the 1 GiB entries whole, and held 60 MB to
+# several GB for the tar header tricks.
+COST_BOUND = 32 << 20
 
 
 def test_crafted_archive_control_installs(series: Series, target: Path, tmp_path: Path) -> None:
@@ -574,22 +949,84 @@ def test_crafted_archive_control_installs(series: Series, target: Path, tmp_path
     assert_current(target, series.mid)
 
 
+def refused_alike(outcomes: dict[str, Outcome], code: int, message: str) -> None:
+    """`bundle verify` and `bundle install` refuse with one and the same message."""
+    for outcome in outcomes.values():
+        refused(outcome, code, message)
+    verified, installed = (o.stderr.strip() for o in outcomes.values())
+    assert verified == installed, outcomes
+
+
 @pytest.mark.parametrize("case", list(CRAFTED))
 def test_crafted_archive_is_refused(
     series: Series, target: Path, tmp_path: Path, case: str
 ) -> None:
+    """Verify and install share one checking path: every hostile archive is refused by both,
+    with the same message, before anything is switched, cheaply."""
     mutate, message = CRAFTED[case]
     source = series.gigaam[series.mid]
     crafted = write_bundle(mutate(read_members(source)), tmp_path / "usb" / source.name)
+    assert crafted.stat().st_size < 2 << 20  # the 1 GiB entries too: zstd squeezes them
     before = snapshot(target)
     outside = [tmp_path / "usb" / "escaped", target / "escaped", Path(ABSOLUTE)]
+    outcomes, costs = {}, {}
     try:
-        refused(invoke("bundle", "verify", crafted), 1, message)
-        refused(invoke("bundle", "install", crafted, "--target", target), 1, message)
+        for command in ("verify", "install"):
+            args = ("--target", target) if command == "install" else ()
+            with measured() as costs[command]:
+                outcomes[command] = invoke("bundle", command, crafted, *args,
+                                           catch_exceptions=True)  # fmt: skip
+        for command, cost in costs.items():
+            assert cost.peak_bytes < COST_BOUND, (command, cost, outcomes[command])
+            assert cost.written_bytes < COST_BOUND, (command, cost, outcomes[command])
+        refused_alike(outcomes, 1, message)
         assert [p for p in outside if p.exists()] == []
     finally:
         Path(ABSOLUTE).unlink(missing_ok=True)
     assert_untouched(target, before, series.old)
+
+
+def test_bundles_carry_the_goldens_and_install_checks_them(
+    series: Series, target: Path, tmp_path: Path
+) -> None:
+    """The golden file is listed in bundle.json; one that no longer holds the decoded content
+    the manifest pins (even with a bundle.json made to match) is refused at install."""
+    source = series.gigaam[series.mid]
+    golden = f"models/goldens/{GIGAAM}.json"
+    assert golden in {f.path for f in contents_of(source).files}
+
+    def edit(member: Member) -> Member:
+        if member.name != golden:
+            return member
+        data = json.loads(member.data)
+        data["decoded"]["segments"][0]["tokens"] = [7]
+        return regular(member.name, json.dumps(data).encode())
+
+    crafted = write_bundle(relisted([edit(m) for m in read_members(source)]),
+                           tmp_path / "usb" / source.name)  # fmt: skip
+    before = snapshot(target)
+    refused(invoke("bundle", "install", crafted, "--target", target), 1,
+            "does not hold the golden output the manifest pins")  # fmt: skip
+    assert_untouched(target, before, series.old)
+
+
+def test_a_store_without_its_golden_file_is_not_bundled(series: Series, tmp_path: Path) -> None:
+    store = copy_store(series.store_a, tmp_path / "store")
+    store.golden_file(GIGAAM).unlink()
+    outcome = invoke("bundle", "build", "--out", tmp_path / "dist", "--locks-from", series.locks,
+                     "--models", GIGAAM, "--manifest", store.manifest_path)  # fmt: skip
+    refused(outcome, 2, f"the golden file {store.golden_file(GIGAAM)} is missing")
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_a_current_release_without_its_manifest_is_named(series: Series, target: Path) -> None:
+    """A target left without a manifest (by an install before this check existed, or by hand):
+    every command with --target names the missing file, not "no current release"."""
+    (target / "current" / MANIFEST).unlink()
+    missing = f"{target}/current/{MANIFEST} is missing"
+    refused(invoke("doctor", "--target", target), 2, missing, "bundle rollback")
+    refused(invoke("transcribe", EN, "--model", GIGAAM, "--target", target), 2, missing)
+    refused(invoke("doctor", "--target", target.parent / "nowhere"), 2, "has no current release")
 
 
 def test_delta_without_its_base_is_refused(series: Series, target: Path, tmp_path: Path) -> None:
@@ -789,18 +1226,45 @@ def test_bundle_on_read_only_media_installs_and_verifies(
 # --- 3. SIGKILL during install -----------------------------------------------------------------
 
 KILL_AT = """
-import os, signal, sys
+import os, pathlib, signal, sys
+import pyrage
 import offline_asr.bundle.install as install
 
 def _die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-setattr(install, sys.argv[1], _die)
+def _after_decryption(*args, **kwargs):
+    real_decrypt(*args, **kwargs)
+    _die()
+
+def _replace(self, target):
+    if self.name.startswith(".current-"):
+        _die()
+    return real_replace(self, target)
+
+def _pause(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return real_verify(*args, **kwargs)
+
+point = sys.argv[1]
+real_decrypt, real_replace = pyrage.decrypt_file, pathlib.Path.replace
+real_verify = install.verify_models
+if point == "decrypted":
+    pyrage.decrypt_file = _after_decryption
+elif point == "link":
+    pathlib.Path.replace = _replace
+elif point == "pause":
+    install.verify_models = _pause
+else:
+    setattr(install, point, _die)
 from offline_asr.cli import app
 sys.argv = ["offline-asr", *sys.argv[2:]]
 app()
 """
-"""`python -c KILL_AT FUNCTION ARGS...`: the CLI, SIGKILLed the moment install.FUNCTION runs."""
+"""`python -c KILL_AT POINT ARGS...`: the CLI `offline-asr ARGS`, SIGKILLed the moment
+install.POINT runs; or at `decrypted` (the bundle was just decrypted), `link` (the temporary
+`.current-PID` link is about to replace `current`); or stopped (SIGSTOP) at `pause`, before the
+unpacked release is verified."""
 
 
 def kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:
@@ -817,14 +1281,99 @@ def kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], what:
     assert process.wait(timeout=60) == -signal.SIGKILL, what
 
 
-def killed_at(function: str, bundle: Path, target: Path, log: Path) -> None:
+def killed_at(point: str, bundle: Path, target: Path, log: Path, *args: str | Path) -> None:
+    """`bundle install BUNDLE --target TARGET ARGS`, SIGKILLed at `point` (see KILL_AT)."""
+    killed(point, log, "bundle", "install", bundle, "--target", target, *args)
+
+
+def killed(point: str, log: Path, *command: str | Path) -> None:
     with log.open("ab") as sink:
         done = subprocess.run(
-            [sys.executable, "-c", KILL_AT, function,
-             "bundle", "install", str(bundle), "--target", str(target)],
+            [sys.executable, "-c", KILL_AT, point, *map(str, command)],
             stdout=sink, stderr=subprocess.STDOUT, timeout=300, check=False,
         )  # fmt: skip
     assert done.returncode == -signal.SIGKILL, log.read_text(errors="replace")
+
+
+def leftovers(target: Path) -> list[str]:
+    """What killed installs and rollbacks leave: staging folders and temporary links."""
+    staging = [f"releases/{p.name}" for p in (target / "releases").glob(".staging-*")]
+    return sorted(staging + [p.name for p in target.glob(".current-*")])
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def only_owner_can_read(path: Path, root: Path) -> bool:
+    """The file, or a folder between it and `root`, gives group and others no access."""
+    chain = [path, *(p for p in path.parents if p.is_relative_to(root) and p != root)]
+    return any(p.stat().st_mode & 0o077 == 0 for p in chain)
+
+
+@pytest.mark.slow
+def test_killed_installs_leave_no_readable_plaintext_and_are_cleaned_up(
+    series: Series, armed: Armed, target: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "install.log"
+    killed_at("decrypted", armed.encrypted, target, log, "--identity", armed.identity)
+    plaintext = [p for p in (target / "releases").rglob("*")
+                 if p.is_file() and p.read_bytes()[:4] == ZSTD_MAGIC]  # fmt: skip
+    assert plaintext, "the kill should have left the decrypted bundle behind"
+    exposed = [p for p in plaintext if not only_owner_can_read(p, target)]
+    assert exposed == [], [(p, oct(p.stat().st_mode)) for p in exposed]
+    assert [name.split("-")[0] for name in leftovers(target)] == ["releases/.staging"]
+    pruned = invoke("bundle", "prune", "--target", target, "--keep", "5")
+    assert pruned.exit_code == 0, pruned.text
+    assert "removed 1 leftovers of killed installs: releases/.staging-" in pruned.text
+    assert leftovers(target) == []
+
+    killed_at("verify_models", series.gigaam[series.mid], target, log)
+    assert [name.split("-")[0] for name in leftovers(target)] == ["releases/.staging"]
+    killed_at("link", series.gigaam[series.mid], target, log)  # v{mid} complete, not current
+    assert [name.split("-")[0] for name in leftovers(target)] == [".current"]  # staging cleaned
+    assert_current(target, series.old)
+    assert invoke("bundle", "prune", "--target", target, "--keep", "5").exit_code == 0
+    assert leftovers(target) == []
+    assert releases_in(target) == [f"v{series.old}", f"v{series.mid}"]
+    assert_current(target, series.old)
+
+    # The next install cleans up too, and a killed rollback leaves a link that prune removes.
+    killed_at("link", series.gigaam[series.mid], target, log)
+    assert leftovers(target) != []
+    install(series.gigaam[series.mid], target)
+    assert leftovers(target) == []
+    assert_current(target, series.mid)
+    killed("link", log, "bundle", "rollback", "--target", target)
+    assert_current(target, series.mid)
+    assert [name for name in leftovers(target) if name.startswith(".current-")] != []
+    assert invoke("bundle", "prune", "--target", target, "--keep", "5").exit_code == 0
+    assert leftovers(target) == []
+
+
+def test_cleaning_up_never_touches_a_live_install(series: Series, target: Path) -> None:
+    """An install stopped half-way holds the install lock: prune, rollback and another install
+    are refused and its staging folder stays; resumed, it finishes."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILL_AT, "pause", "bundle", "install",
+         str(series.gigaam[series.mid]), "--target", str(target)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _, status = os.waitpid(process.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), status
+        live = leftovers(target)
+        assert live == [f"releases/.staging-{process.pid}"], live
+        for args in (("prune", "--keep", "1"), ("rollback",),
+                     ("install", series.gigaam[series.new])):  # fmt: skip
+            outcome = invoke("bundle", *args, "--target", target)
+            refused(outcome, 2, "another install or rollback is running")
+            assert leftovers(target) == live
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output.decode(errors="replace")
+    assert leftovers(target) == []
+    assert_current(target, series.mid)
 
 
 @pytest.mark.slow
@@ -939,6 +1488,55 @@ def test_rollback_list_and_prune(series: Series, tmp_path: Path) -> None:
     assert_current(other, mid)
 
 
+def _altered_file(release: Path) -> str:
+    path = release / GIGAAM_DIR / "v3_vocab.txt"
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    return f"{GIGAAM_DIR}/v3_vocab.txt"
+
+
+def _missing_file(release: Path) -> str:
+    (release / GIGAAM_DIR / "config.json").unlink()
+    return f"{GIGAAM_DIR}/config.json"
+
+
+def _missing_manifest(release: Path) -> str:
+    (release / MANIFEST).unlink()
+    return MANIFEST
+
+
+def _unlisted_file(release: Path) -> str:
+    (release / GIGAAM_DIR / "extra.onnx").write_bytes(b"loaded by nobody, listed nowhere")
+    return f"{GIGAAM_DIR}/extra.onnx"
+
+
+def _manifest_of_another_release(release: Path) -> str:
+    manifest = json.loads((release / MANIFEST).read_text())
+    manifest["manifest_version"] += 1
+    (release / MANIFEST).write_text(json.dumps(manifest))
+    return MANIFEST
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_altered_file, _missing_file, _missing_manifest, _unlisted_file, _manifest_of_another_release],
+    ids=["altered", "missing", "no-manifest", "unlisted", "other-version"],
+)
+def test_rollback_to_a_damaged_release_is_refused(
+    series: Series, tmp_path: Path, damage: Callable[[Path], str]
+) -> None:
+    """The release rolled back to is verified first: refused, naming the file, nothing switched."""
+    target = tmp_path / "target"
+    install(series.gigaam[series.old], target)
+    install(series.gigaam[series.mid], target)
+    named = damage(target / "releases" / f"v{series.old}")
+    before = snapshot(target)
+    refused(invoke("bundle", "rollback", "--target", target, catch_exceptions=True), 1,
+            f"v{series.old}", named, "Nothing was switched")  # fmt: skip
+    assert_untouched(target, before, series.mid)
+
+
 # --- 5. delta bundles --------------------------------------------------------------------------
 
 
@@ -957,7 +1555,10 @@ def test_delta_holds_only_the_changed_artifacts(series: Series) -> None:
     artifacts = {f.path for f in contents.files} - {"INSTALL.txt", "models/manifest.json"}
     artifacts -= {f"locks/{name}" for name in LOCK_FILES}
     artifacts = {p for p in artifacts if not p.endswith("/checksum.txt")}
-    assert artifacts == changed
+    # The golden files always travel (a few kB): install checks them against the manifest.
+    goldens = {p for p in artifacts if p.startswith("models/goldens/")}
+    assert goldens == {f"models/goldens/{TINY}.json"}  # gigaam was re-prepared without one
+    assert artifacts - goldens == changed
     every = {f"models/{a.path}" for m in after.models for a in m.artifacts}
     assert {f.path for f in contents.from_base} == every - changed
     assert TINY_BIN in {f.path for f in contents.from_base}

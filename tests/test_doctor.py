@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from offline_asr.matrix import offered_isas
+from offline_asr.pins import best_isa, cpu_flags
 from offline_asr.registry.store import ModelStore
 from support.bundles import copy_store, invoke
-from support.helpers import REPO
+from support.helpers import REPO, run_cli
 
 GIGAAM = "gigaam-v3-ctc-testtiny"
 
@@ -76,3 +80,37 @@ def test_a_store_that_differs_from_its_manifest_is_not_bundled(
     result = invoke("bundle", "build", "--out", out, "--locks-from", REPO, "--models", GIGAAM,
                     "--manifest", store.manifest_path)  # fmt: skip
     assert result.exit_code == 1 and "missing" in result.stderr
+
+
+@pytest.mark.skipif(len(offered_isas()) < 2, reason="this CPU offers a single ISA")
+def test_doctor_outside_the_goldens_class_is_healthy_and_says_why(
+    full_store: ModelStore, tmp_path: Path
+) -> None:
+    """A machine of another class (here: another ISA forced) is told the goldens do not apply,
+    with a warning, not a failure; a golden file missing from the release is a failure."""
+    base = full_store.get(full_store.load(), "whisper-base").path
+    store = copy_store(full_store, tmp_path / "store", without=[base])
+    bundle = _build(store, tmp_path / "dist", GIGAAM, "whisper-tiny.en")
+    target = tmp_path / "target"
+    assert invoke("bundle", "install", bundle, "--target", target).exit_code == 0
+
+    other = next(isa for isa in reversed(offered_isas()) if isa != best_isa(cpu_flags()))
+    result = run_cli("doctor", "--target", target, "--json", env={"CT2_FORCE_CPU_ISA": other})
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    smoke = {c["subject"]: c for c in report["checks"] if c["area"] == "smoke"}
+    assert smoke["whisper-tiny.en"]["status"] == "warn"
+    assert "does not apply here" in smoke["whisper-tiny.en"]["detail"]
+    assert (
+        f"ct2_cpu_isa: recorded {best_isa(cpu_flags())}, now {other}"
+        in (smoke["whisper-tiny.en"]["detail"])
+    )
+    assert str(target / "local-goldens") in smoke["whisper-tiny.en"]["detail"]
+
+    (target / "current" / "models" / "goldens" / f"{GIGAAM}.json").unlink()
+    sick = invoke("doctor", "--target", target, "--json")
+    assert sick.exit_code == 1
+    checks = json.loads(sick.stdout)["checks"]
+    (gigaam,) = [c for c in checks if (c["area"], c["subject"]) == ("smoke", GIGAAM)]
+    assert gigaam["status"] == "fail" and "golden file" in gigaam["detail"]
+    assert "is missing" in gigaam["detail"] and "reinstall the bundle" in gigaam["fix"]

@@ -128,8 +128,6 @@ def test_altered_weights_are_refused_naming_the_file(
     data[123456] ^= 0xFF
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime as before
-    # The verified-hash cache trusts (path, size, mtime) it has seen: only --full-verify re-hashes.
-    (store.root / ".verified.json").unlink(missing_ok=True)
     code, _, err = _transcribe(cli, store, str(EN), "--model", "whisper-tiny.en")
     assert code == 1
     assert "whisper/tiny.en/model.bin" in err and "refusing to load altered weights" in err

@@ -14,7 +14,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # pyyaml ships no stubs; types-PyYAML is not locked
 from rich.console import Console
 
-from offline_asr import device
+from offline_asr import pins
 from offline_asr.envcheck import (
     CpuInfo,
     GpuInfo,
@@ -41,10 +41,10 @@ WORKFLOW = REPO / ".github" / "workflows" / "env-check.yml"
 @pytest.fixture(autouse=True)
 def _restore_isa(monkeypatch: pytest.MonkeyPatch) -> None:
     """`check_environment` pins CT2_FORCE_CPU_ISA like an engine does; undo it after each test."""
-    original = os.environ.get(device.ISA_ENV)
-    monkeypatch.setenv(device.ISA_ENV, original or "")
+    original = os.environ.get(pins.ISA_ENV)
+    monkeypatch.setenv(pins.ISA_ENV, original or "")
     if original is None:
-        monkeypatch.delenv(device.ISA_ENV)
+        monkeypatch.delenv(pins.ISA_ENV)
 
 
 def _render(table: Any) -> str:
@@ -70,7 +70,7 @@ def test_this_venv_matches_the_lock(tmp_path: Path) -> None:
     assert "libavcodec" in report.libraries
     assert "int8" in report.compute_types["cpu"]
     assert "CPUExecutionProvider" in report.onnx_providers
-    assert report.cpu.ct2_isa == os.environ[device.ISA_ENV]
+    assert report.cpu.ct2_isa == os.environ[pins.ISA_ENV]
     assert report.disk_free_bytes is not None and report.disk_free_bytes > 0
     cuda = next(f for f in report.findings if f.topic == "cuda")
     if report.gpu.cuda_devices == 0:
@@ -156,16 +156,16 @@ def test_missing_lock_says_to_pass_one(tmp_path: Path) -> None:
 
 
 def test_a_forced_isa_the_cpu_lacks_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(device, "cpu_flags", lambda: {"sse4_1", "avx"})
+    monkeypatch.setattr(pins, "cpu_flags", lambda: {"sse4_1", "avx"})
     flags = {"sse4_1": True, "avx": True, "avx2": False, "fma": False, "avx512f": False}
     forced = CpuInfo(flags, "AVX2", "environment", pinned_before_import=True)
     [finding] = cpu_findings(forced)
     assert finding.level == "fail" and "no avx2" in finding.detail
-    assert finding.fix == f"unset {device.ISA_ENV} or set it to AVX"
+    assert finding.fix == f"unset {pins.ISA_ENV} or set it to AVX"
 
     # Unset, the pin follows the CPU: what the engines would use. (`cpu_info` pins without
     # importing ctranslate2, so this process's CTranslate2 keeps its real ISA.)
-    monkeypatch.delenv(device.ISA_ENV, raising=False)
+    monkeypatch.delenv(pins.ISA_ENV, raising=False)
     info = cpu_info()
     assert info.ct2_isa == "AVX" and info.isa_from == "cpu flags"
     assert not info.flags["avx2"]

@@ -11,7 +11,7 @@ startup gate starts a server that must fail.
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import io
 import json
 import math
@@ -609,10 +609,12 @@ def test_keys_never_reach_the_logs(restricted: Restricted) -> None:
         response = _transcribe_short(restricted, {"Authorization": f"Bearer {key}"})
         ids[key] = response.headers["x-request-id"]
     entries = {entry["request_id"]: entry for entry in audit_entries(restricted.audit)}
+    secret = bytes.fromhex(restricted.audit.with_name("audit.jsonl.secret").read_text())
     for key in KEYS:
         entry = entries[ids[key]]
-        assert entry["api_key_id"] == hashlib.sha256(key.encode()).hexdigest()[:8], entry
-    assert ids[WRONG_KEY] not in entries  # refused before any transcription
+        assert entry["api_key_id"] == hmac.new(secret, key.encode(), "sha256").hexdigest()[:16]
+    refused = entries[ids[WRONG_KEY]]
+    assert (refused["status"], refused["api_key_id"]) == (401, None), refused
     logs = {
         "audit log": restricted.audit.read_text("utf-8"),
         "server log": restricted.server.output(),
@@ -806,3 +808,55 @@ def test_audit_log_has_one_line_per_request(
     assert word_error_rate(EN_TEXT, transcript) <= WER_BOUND, transcript
     line = next(raw for raw in raw_lines if whisper.headers["x-request-id"] in raw)
     assert transcript not in line and "sunny" not in line.lower(), line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("OFFLINE_ASR_API_KEYS", "", "OFFLINE_ASR_API_KEYS"),
+        ("OFFLINE_ASR_API_KEYS", " , ,", "OFFLINE_ASR_API_KEYS"),
+        ("OFFLINE_ASR_AUDIT_LOG", "", "OFFLINE_ASR_AUDIT_LOG"),
+        ("OFFLINE_ASR_API_KEYS_FILE", "", "OFFLINE_ASR_API_KEYS_FILE"),
+        ("MODEL_REGISTRY_PATH", "", "MODEL_REGISTRY_PATH"),
+        ("OFFLINE_ASR_HOST", " ", "OFFLINE_ASR_HOST"),
+        ("OFFLINE_ASR_MAX_QUEUE", "many", "OFFLINE_ASR_MAX_QUEUE"),
+    ],
+)
+def test_a_setting_that_is_present_but_empty_or_malformed_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+    full_store: ModelStore,
+    variable: str,
+    value: str,
+    named: str,
+) -> None:
+    """Set-but-empty never means "off": an empty key list would serve without authentication,
+    an empty path would mean the current folder. Exit 2 with the variable named, no traceback."""
+    clean_settings_env(monkeypatch)
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(server_module, "serve", lambda settings: pytest.fail("server started"))
+    # --manifest would win over MODEL_REGISTRY_PATH: leave it out when that is the one tested.
+    manifest = (
+        [] if variable == "MODEL_REGISTRY_PATH" else ["--manifest", str(full_store.manifest_path)]
+    )
+    result = CliRunner().invoke(app, ["serve", *manifest])
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("content", ["", "\n# only a comment\n   \n", None, "k" * 70_000])
+def test_an_api_keys_file_without_keys_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, full_store: ModelStore, content: str | None
+) -> None:
+    """An empty, comment-only, missing or oversized keys file would mean "no keys": refused."""
+    clean_settings_env(monkeypatch)
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: pytest.fail("server started"))
+    keys = tmp_path / "keys"
+    if content is not None:
+        keys.write_text(content, encoding="utf-8")
+    result = CliRunner().invoke(
+        app,
+        ["serve", "--manifest", str(full_store.manifest_path), "--api-keys-file", str(keys),
+         "--port", str(free_port())],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert str(keys) in result.output

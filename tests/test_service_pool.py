@@ -7,7 +7,6 @@ import time
 import pytest
 
 from offline_asr.audio import AudioLimits
-from offline_asr.audit import AuditLog
 from offline_asr.errors import ModelNotFoundError
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.metrics import Metrics
@@ -16,7 +15,7 @@ from offline_asr.service.pool import ModelPool
 
 def _pool(store: ModelStore, *, lazy: bool, idle: float = 0) -> ModelPool:
     return ModelPool(
-        store, audit=AuditLog(), limits=AudioLimits(10**8, 600), metrics=Metrics(),
+        store, limits=AudioLimits(10**8, 600), metrics=Metrics(),
         lazy_load=lazy, idle_unload_s=idle,
     )  # fmt: skip
 

@@ -3,9 +3,13 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from offline_asr.offline import disable_telemetry
+from offline_asr.pins import pin_runtime
 
 # Before anything imports onnxruntime or a hub library: they read their switches only once.
 disable_telemetry()
+# Before any module of ours imports numpy, CTranslate2 or onnxruntime: they read their CPU
+# dispatch and thread settings from the environment when they load (see `pins`).
+pin_runtime()
 
 try:
     __version__ = version("offline-asr")

@@ -45,6 +45,8 @@ _MAX_CHANNELS = 8
 # Samples per resampler call: large enough to spread its per-call cost, small enough to stop
 # promptly at the length limit.
 _BLOCK = 1 << 16
+# Seconds of room for audio whose length the container does not report; grown when needed.
+_UNKNOWN_LENGTH = 600
 # FFmpeg formats whose header states the audio's length; for the others (Ogg, raw AAC...) the
 # length FFmpeg reports comes from the last page or the bitrate and says nothing about a cut.
 _STATED_LENGTH = {"flac", "mp3", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"}
@@ -162,7 +164,7 @@ def from_array(
     mono = _mono(np.asarray(samples), label)
     if len(mono) / sample_rate > limits.max_seconds:
         raise _too_long(label, len(mono) / sample_rate, limits)
-    collector = _Collector(label, limits)
+    collector = _Collector(label, limits, len(mono) / sample_rate)
     for start in range(0, len(mono), _BLOCK):
         frame = av.AudioFrame.from_ndarray(
             mono[None, start : start + _BLOCK], format="flt", layout="mono"
@@ -341,7 +343,10 @@ def _decode(
         start = float((stream.start_time or 0) * (stream.time_base or 0))
         if declared_end is not None and declared_end - start > limits.max_seconds:
             raise _too_long(label, declared_end - start, limits)
-        collector = _Collector(label, limits)
+        expected = (
+            _estimated_seconds(container, stream) if declared_end is None else declared_end - start
+        )
+        collector = _Collector(label, limits, expected)
         for packet in _packets(container, stream, collector):
             try:
                 frames = stream.decode(packet)
@@ -421,18 +426,32 @@ def _declared_end(
     return None
 
 
-class _Collector:
-    """Resample decoded frames to 16 kHz mono, enforcing the length limit as they come.
+def _estimated_seconds(container: InputContainer, stream: av.AudioStream) -> float | None:
+    """FFmpeg's guess of the audio's length (from the size, the last page), to size the buffer."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return float(container.duration / av.time_base)
+    return None
 
-    Frames gather in a FIFO and go to the resampler in blocks: one call per decoded frame
-    would cost several times the decoding itself.
+
+class _Collector:
+    """Resample decoded frames to 16 kHz mono into one float32 buffer, enforcing the length limit
+    as they come.
+
+    The buffer is sized from the length the container reports (capped at the limit) and grows by
+    reallocation only when that was too little, so an hour of audio costs about one copy of
+    itself (230 MB), not a list of pieces plus their concatenation. Frames gather in a FIFO and
+    go to the resampler in blocks: one call per decoded frame would cost several times the
+    decoding itself.
     """
 
-    def __init__(self, label: str, limits: AudioLimits) -> None:
+    def __init__(self, label: str, limits: AudioLimits, expected_seconds: float | None) -> None:
         self._label = label
         self._limits = limits
         self._max_samples = limits.max_seconds * SAMPLE_RATE
-        self._chunks: list[Audio] = []
+        guess = _UNKNOWN_LENGTH if expected_seconds is None else expected_seconds + 1
+        self._audio: Audio = np.empty(int(min(self._max_samples, guess * SAMPLE_RATE)), np.float32)
         self._samples = 0
         self._position = 0.0  # seconds of audio taken in
         self._fifo: av.AudioFifo | None = None
@@ -479,8 +498,10 @@ class _Collector:
             self._resample(block)
 
     def finish(self) -> Audio:
+        """The samples, in a buffer trimmed to their number (no copy)."""
         self._drain()
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        self._audio.resize(self._samples, refcheck=False)
+        return self._audio
 
     def _drain(self) -> None:
         """Resample what the FIFO still holds, then flush the resampler."""
@@ -494,14 +515,19 @@ class _Collector:
     def _resample(self, frame: av.AudioFrame | None) -> None:
         assert self._resampler is not None
         for out in self._resampler.resample(frame):
-            chunk = np.asarray(out.to_ndarray()[0], dtype=np.float32)
-            self._chunks.append(chunk)
-            self._samples += len(chunk)
-        if self._samples > self._max_samples:
-            raise AudioTooLongError(
-                f"{self._label} is longer than the {_clock(self._limits.max_seconds)} limit "
-                "(decoding stopped there); split it, or raise OFFLINE_ASR_MAX_AUDIO_SECONDS"
-            )
+            chunk = out.to_ndarray()[0]
+            end = self._samples + len(chunk)
+            if end > self._max_samples:
+                raise AudioTooLongError(
+                    f"{self._label} is longer than the {_clock(self._limits.max_seconds)} limit "
+                    "(decoding stopped there); split it, or raise OFFLINE_ASR_MAX_AUDIO_SECONDS"
+                )
+            if end > len(self._audio):
+                # realloc: large buffers are moved by remapping pages, not copied
+                grown = min(max(2 * len(self._audio), end), self._max_samples)
+                self._audio.resize(int(grown), refcheck=False)
+            self._audio[self._samples : end] = chunk
+            self._samples = end
 
 
 def _mono(array: npt.NDArray[Any], label: str) -> Audio:
@@ -538,7 +564,7 @@ def _checked(audio: Audio, label: str) -> Audio:
     """Refuse no samples and digital silence; clip codec overshoot to [-1, 1]."""
     if not len(audio):
         raise EmptyAudioError(f"{label} holds no audio samples; the recording may have failed")
-    peak = float(np.abs(audio).max())
+    peak = max(float(audio.max()), -float(audio.min()))  # np.abs would copy the whole audio
     if peak < SILENCE_PEAK:
         level = f"loudest sample {20 * math.log10(peak):.0f} dBFS" if peak else "all zeros"
         raise SilentAudioError(

@@ -24,6 +24,9 @@ from offline_asr.errors import OfflineAsrError
 CLI_CLIENT = "cli"
 """The client of lines without a `client` key: the command line writes none."""
 
+NO_MODEL = "(none)"
+"""The model of service lines for requests refused before a model was chosen (key, size, form)."""
+
 UNKNOWN_CLIENT = "unknown"
 """The client of lines whose `client` is null (the HTTP server did not know the peer)."""
 
@@ -149,7 +152,10 @@ def _problem(entry: dict[str, Any]) -> str | None:
         parse_time(time)
     except ValueError:
         return f"'time' is not an ISO time: {time!r}"
-    if not isinstance(entry.get("model_id"), str) or not entry["model_id"]:
+    model_id = entry.get("model_id")
+    if model_id is not None and (not isinstance(model_id, str) or not model_id):
+        return f"'model_id' must be a model id or null, not {model_id!r}"
+    if model_id is None and "status" not in entry:  # only the service refuses before a model
         return "no 'model_id'"
     if entry.get("outcome") not in ("ok", "error"):
         return f"'outcome' must be 'ok' or 'error', not {entry.get('outcome')!r}"
@@ -228,13 +234,19 @@ def summarize(entries: Iterable[dict[str, Any]]) -> list[UsageRow]:
     """One row per (model_id, manifest_version, client), sorted by those three.
 
     Entries must be valid transcription entries (as `read_entries` yields). Failures logged
-    before a model was loaded have no manifest_version and form their own row.
+    before a model was loaded have no manifest_version and form their own row; requests the
+    service refused before a model was chosen (no key, too large, malformed) count under
+    `(none)`.
     """
     rows: dict[GroupKey, UsageRow] = {}
     first: dict[GroupKey, datetime] = {}
     last: dict[GroupKey, datetime] = {}
     for entry in entries:
-        key: GroupKey = (entry["model_id"], entry.get("manifest_version"), _client(entry))
+        key: GroupKey = (
+            entry.get("model_id") or NO_MODEL,
+            entry.get("manifest_version"),
+            _client(entry),
+        )
         moment = parse_time(entry["time"])
         row = rows.get(key)
         if row is None:

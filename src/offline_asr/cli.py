@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -13,18 +14,29 @@ from typing import Annotated, Literal, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from offline_asr import __version__
 from offline_asr.config import Settings
-from offline_asr.constants import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERRUPTED, MANIFEST_ENV
+from offline_asr.constants import (
+    EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED,
+    EXIT_INTERRUPTED,
+    LOCAL_GOLDENS_DIR,
+    LOCAL_GOLDENS_ENV,
+    MANIFEST_ENV,
+    TARGET_LOCAL_GOLDENS_DIR,
+)
 from offline_asr.device import Device
 from offline_asr.errors import OfflineAsrError
 from offline_asr.offline import FETCHING_COMMANDS, go_offline
+from offline_asr.plain_output import columns, paint, write_lines
 from offline_asr.progress import transcription_progress
 from offline_asr.registry.catalog import is_structural_test_model
-from offline_asr.registry.integrity import ModelReport, verify_models
+from offline_asr.registry.changes import remove_model
+from offline_asr.registry.integrity import ModelReport, unregistered_paths, verify_models
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
-from offline_asr.registry.store import ModelStore, remove_model
+from offline_asr.registry.store import ModelStore
 from offline_asr.schemas import Manifest, ModelMetadata
 
 app = typer.Typer(
@@ -51,9 +63,10 @@ env_app = typer.Typer(
 app.add_typer(env_app, name="env")
 app.add_typer(audit_app, name="audit")
 
-# Wide enough for tables when piped; a terminal uses its own width.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+# Wide enough for tables when piped; a terminal uses its own width. Markup is off: ids, paths,
+# transcripts and error messages hold `[...]` that rich would eat; colour comes from `Text`.
+out = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+err = Console(stderr=True, markup=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,16 +88,35 @@ TargetOption = Annotated[
     typer.Option(help="Installed bundle target: use DIR/current/models/manifest.json"),
 ]
 PublicKeyOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        envvar="OFFLINE_ASR_BUNDLE_PUBLIC_KEY",
-        help="Ed25519 public key; when set, bundles must carry a valid signature",
+        metavar="FILE",
+        show_default=False,
+        help="Ed25519 public key; when given, bundles must carry a valid signature "
+        "(default: OFFLINE_ASR_BUNDLE_PUBLIC_KEY; set but empty is an error)",
     ),
+]
+IdentityOption = Annotated[
+    str | None, typer.Option(metavar="FILE", help="age identity for encrypted bundles")
 ]
 LockOption = Annotated[
     Path, typer.Option("--lock", help="Hash-pinned requirements lock to compare with or pack")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _tagged(tag: str, style: str, message: object) -> Text:
+    """`tag` in colour, then `message` exactly as it is."""
+    return Text.assemble((tag, style), " ", str(message))
+
+
+def _error(message: object) -> None:
+    err.print(_tagged("error:", "bold red", message), highlight=False, soft_wrap=True)
+
+
+def _write_json(payload: str) -> None:
+    """JSON to stdout as it is (rich would highlight it line by line: slow on a big manifest)."""
+    sys.stdout.write(payload + "\n")
 
 
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -95,15 +127,23 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except OfflineAsrError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            _error(error)
             raise typer.Exit(error.exit_code) from error
         except KeyboardInterrupt:
-            err.print(
-                "[bold yellow]interrupted:[/] the manifest and the store were left as they were"
-            )
+            note = "the manifest and the store were left as they were"
+            err.print(_tagged("interrupted:", "bold yellow", note))
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def _key_files(public_key: str | None, identity: str | None) -> tuple[Path | None, Path | None]:
+    """The bundle key files asked for; an empty setting is an error, never "no key"."""
+    from offline_asr.bundle.signing import public_key_setting
+
+    if identity is not None and not identity.strip():
+        raise OfflineAsrError("--identity is empty: give the age identity file, or leave it out")
+    return public_key_setting(public_key, os.environ), Path(identity) if identity else None
 
 
 def _store(manifest: Path | None, target: Path | None = None) -> ModelStore:
@@ -111,16 +151,23 @@ def _store(manifest: Path | None, target: Path | None = None) -> ModelStore:
         from offline_asr.bundle.install import target_manifest
 
         return ModelStore(target_manifest(target))
-    return ModelStore(manifest or Settings().model_registry_path)
+    path = manifest or Settings().model_registry_path
+    if path == Path():  # an empty --manifest or MODEL_REGISTRY_PATH, never "this folder"
+        raise OfflineAsrError(
+            f"--manifest / {MANIFEST_ENV} is set but empty: give the manifest file "
+            "(models/manifest.json), or leave it unset"
+        )
+    return ModelStore(path)
 
 
 def _select(
-    manifest: Path | None, ids: list[str] | None
+    manifest: Path | None, ids: list[str] | None, purpose: str
 ) -> tuple[ModelStore, Manifest, list[ModelMetadata]]:
-    """The store, its manifest, and the models named by `ids` (all when none are named)."""
+    """The store, its manifest, and the models named by `ids` (all when none are named); a
+    registry without models is refused, so that no verdict is given about nothing."""
     store = _store(manifest)
-    registry = store.load()
-    return store, registry, [store.get(registry, i) for i in ids] if ids else registry.models
+    registry = store.load_models(purpose)
+    return store, registry, store.select(registry, ids) if ids else registry.models
 
 
 def _version(value: bool) -> None:
@@ -229,13 +276,13 @@ def prepare(
     model = result.model
     if result.registered:
         out.print(
-            f"registered [bold]{model.id}[/] ({len(model.artifacts)} files, {model.size:,} bytes); "
+            f"registered {model.id} ({len(model.artifacts)} files, {model.size:,} bytes); "
             f"manifest_version is now {result.manifest_version}"
         )
     elif result.restored:
-        out.print(f"[bold]{model.id}[/] files restored; the manifest entry was already up to date")
+        out.print(f"{model.id} files restored; the manifest entry was already up to date")
     else:
-        out.print(f"[bold]{model.id}[/] is already prepared and verified; nothing changed")
+        out.print(f"{model.id} is already prepared and verified; nothing changed")
 
 
 def _human_size(size: int) -> str:
@@ -249,20 +296,15 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
     store = _store(manifest)
     registry = store.load()
     if json_:
-        out.print_json(registry.model_dump_json(exclude_none=True))
+        _write_json(registry.model_dump_json(indent=2, exclude_none=True))
         return
-    table = Table(title=f"{store.manifest_path} (manifest_version {registry.manifest_version})")
-    for column in (
-        "id",
-        "engine",
-        "variant",
-        "precision/compute",
-        "size",
-        "languages",
-        "source",
-        "license",
-    ):
-        table.add_column(column)
+    if not registry.models:
+        out.print(
+            f"{store.manifest_path} (manifest_version {registry.manifest_version}) lists no "
+            "models: register one with `offline-asr models prepare` or install an offline bundle"
+        )
+        return
+    rows = []
     for model in registry.models:
         languages = (
             ",".join(model.languages)
@@ -272,34 +314,29 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
         src = model.source
         origin = ", ".join(src.packages) or src.url or src.path or src.generator or ""
         source = f"{src.kind}: " + (f"{src.repo}@{src.commit[:12]}" if src.commit else origin)
-        test = is_structural_test_model(model)
-        name = model.id + ("\n[yellow](structural test model)[/]" if test else "")
-        table.add_row(
-            name,
-            model.engine,
-            model.variant,
-            f"{model.precision}/{model.compute_type}",
-            _human_size(model.size),
-            languages,
-            source,
-            model.license,
-        )
-    out.print(table)
+        name = model.id + (" (structural test model)" if is_structural_test_model(model) else "")
+        rows.append((name, model.engine, model.variant, f"{model.precision}/{model.compute_type}",
+                     _human_size(model.size), languages, source, model.license))  # fmt: skip
+    headers = ("id", "engine", "variant", "precision/compute", "size", "languages", "source",
+               "license")  # fmt: skip
+    title = f"{store.manifest_path} (manifest_version {registry.manifest_version})"
+    write_lines(out, [title, *columns(headers, rows, out)])
 
 
-def _print_reports(reports: list[ModelReport]) -> None:
+def _print_reports(reports: list[ModelReport], root: Path, unregistered: list[str]) -> None:
+    ok, failed = paint("OK    ", "green", out), paint("FAILED", "red", out)
+    lines = []
     for report in reports:
         if report.ok:
-            out.print(
-                f"[green]OK[/]     {report.model_id}: {report.files_checked} files, "
-                f"{report.bytes_checked:,} bytes match the manifest"
-            )
+            lines.append(f"{ok} {report.model_id}: {report.files_checked} files, "
+                         f"{report.bytes_checked:,} bytes match the manifest")  # fmt: skip
             continue
-        out.print(f"[red]FAILED[/] {report.model_id}:")
-        for problem in report.problems:
-            out.print(
-                f"         {problem.problem:>9}  {problem.path}: {problem.detail}", highlight=False
-            )
+        lines.append(f"{failed} {report.model_id}:")
+        lines += [f"         {p.problem:>9}  {p.path}: {p.detail}" for p in report.problems]
+    if unregistered:
+        lines.append(f"{failed} {root}: holds what no model in the manifest lists")
+        lines += [f"         unregistered  {path}: not in the manifest" for path in unregistered]
+    write_lines(out, lines)
 
 
 @models_app.command("verify")
@@ -309,21 +346,30 @@ def verify(
     json_: JsonOption = False,
     manifest: ManifestOption = None,
 ) -> None:
-    """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files."""
-    store, registry, chosen = _select(manifest, ids)
+    """Recompute sha256 and size of every artifact; exit 1 on missing, altered or unlisted files.
+    Without ID, also on folders in the store that no model lists."""
+    store, registry, chosen = _select(manifest, ids, "verify")
     reports = verify_models(store.root, chosen)
-    ok = all(r.ok for r in reports)
+    unregistered = [] if ids else unregistered_paths(store.root, chosen)
+    ok = all(r.ok for r in reports) and not unregistered
     if json_:
         payload = {
             "manifest": str(store.manifest_path),
             "manifest_version": registry.manifest_version,
             "ok": ok,
             "models": [r.to_dict() for r in reports],
+            "unregistered": unregistered,
         }
-        out.print_json(json.dumps(payload))
+        _write_json(json.dumps(payload, indent=2))
     else:
-        _print_reports(reports)
-        if not ok:
+        _print_reports(reports, store.root, unregistered)
+        if unregistered:
+            err.print(
+                "Folders that no model lists were left by a killed preparation (the next "
+                "`offline-asr models prepare` or `models remove` clears those) or copied in by "
+                "hand: delete them, or register them with `offline-asr models prepare`."
+            )
+        if not all(r.ok for r in reports):
             err.print(f"Some files differ from the manifest. {Settings().offline_asr_bundle_hint}")
     if not ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
@@ -339,14 +385,15 @@ def sync(
 
     The manifest is never changed: a source that no longer gives the listed bytes is an error.
     """
-    store, registry, chosen = _select(manifest, ids)
-    for report in verify_models(store.root, chosen):
+    store, _, chosen = _select(manifest, ids, "sync")
+    for model, report in zip(chosen, verify_models(store.root, chosen), strict=True):
         if report.ok:
-            out.print(f"[green]OK[/]       {report.model_id}")
+            out.print(_tagged("OK      ", "green", report.model_id))
             continue
-        model = store.get(registry, report.model_id)
         restore_model(store, model)
-        out.print(f"[cyan]RESTORED[/] {model.id} from its pinned {model.source.kind} source")
+        out.print(
+            _tagged("RESTORED", "cyan", f"{model.id} from its pinned {model.source.kind} source")
+        )
 
 
 @models_app.command("remove")
@@ -357,30 +404,200 @@ def remove(
 ) -> None:
     """Delete a model's files and its manifest entry (bumps manifest_version)."""
     updated = remove_model(_store(manifest), model_id)
-    out.print(f"removed [bold]{model_id}[/]; manifest_version is now {updated.manifest_version}")
+    out.print(f"removed {model_id}; manifest_version is now {updated.manifest_version}")
+
+
+LocalGoldensOption = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=LOCAL_GOLDENS_ENV,
+        help="Fleet-local goldens (default: TARGET/local-goldens with --target, else "
+        "STORE/.local-goldens)",
+        show_default=False,
+    ),
+]
+
+
+def _local_goldens(store: ModelStore, target: Path | None, option: Path | None) -> Path:
+    if option is not None:
+        return option
+    if target is not None:
+        return target / TARGET_LOCAL_GOLDENS_DIR
+    return store.root / LOCAL_GOLDENS_DIR
 
 
 @models_app.command("smoke")
 @reports_errors
 def smoke(
-    ids: IdsArgument = None, json_: JsonOption = False, manifest: ManifestOption = None
+    ids: IdsArgument = None,
+    json_: JsonOption = False,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Record the manifest's goldens again on this machine (its class becomes theirs;"
+            " bumps manifest_version). For the machine that prepares the models.",
+        ),
+    ] = False,
+    record_local: Annotated[
+        bool,
+        typer.Option(
+            "--record-local",
+            help="Record fleet-local goldens for this machine's class, outside the manifest",
+        ),
+    ] = False,
+    matrix: Annotated[
+        bool,
+        typer.Option(
+            "--matrix",
+            help="Run every clip under each ISA this CPU offers, both GEMM backends and 1 and 2 "
+            "threads; print which give identical decoded content",
+        ),
+    ] = False,
+    isa: Annotated[
+        list[str] | None, typer.Option(help="--matrix: only this ISA (repeatable)")
+    ] = None,
+    gemm: Annotated[
+        list[str] | None, typer.Option(help="--matrix: only this backend, onednn or mkl")
+    ] = None,
+    threads: Annotated[
+        int, typer.Option(envvar="OFFLINE_ASR_THREADS", help="CPU threads (0: runtime default)")
+    ] = 0,
+    local_goldens: LocalGoldensOption = None,
+    target: TargetOption = None,
+    manifest: ManifestOption = None,
 ) -> None:
-    """Run each model's smoke clip: fail on a WER above the bound or output that differs from
-    the golden output recorded at preparation (and say what probably changed)."""
-    from offline_asr.smoke import check_smoke
+    """Run each model's smoke clip: fail on a WER above the bound, or on decoded output that
+    differs from the golden output of this machine's reproducibility class (then the weights
+    are re-hashed and the runtime differences named). Exit code 2 when a golden file cannot be
+    used. Outside the class of the manifest's goldens they do not apply: record fleet-local
+    ones with --record-local."""
+    if sum((record, record_local, matrix)) > 1:
+        raise OfflineAsrError("choose one of --record, --record-local and --matrix")
+    if record and target is not None:
+        raise OfflineAsrError(
+            "--record changes the manifest: run it where the models are prepared, not on an "
+            "installed target (use --record-local there)"
+        )
+    store = _store(manifest, target)
+    registry = store.load_models("smoke-test")
+    chosen = store.select(registry, ids) if ids else registry.models
+    folder = _local_goldens(store, target, local_goldens)
+    if matrix:
+        _smoke_matrix(store, chosen, isa, gemm, json_)
+    elif record:
+        from offline_asr.smoke import record_manifest_goldens
 
-    store, registry, chosen = _select(manifest, ids)
-    reports = [check_smoke(store, model, registry.manifest_version) for model in chosen]
+        updated = record_manifest_goldens(store, ids)
+        for model in chosen:
+            golden = store.get(updated, model.id).smoke
+            assert golden is not None
+            out.print(Text(f"recorded {golden.golden} ({golden.golden_sha256})"))
+        out.print(f"manifest_version is now {updated.manifest_version}")
+    elif record_local:
+        from offline_asr.smoke import record_local_goldens
+
+        for done in record_local_goldens(
+            store, chosen, registry.manifest_version, folder, threads=threads
+        ):
+            out.print(Text(f"recorded {done.path} (sha256 {done.sha256})"))
+        out.print(Text(f"copy {folder} to the other machines of this class"))
+    else:
+        _smoke_check(store, registry, chosen, folder, threads, json_)
+
+
+def _smoke_check(
+    store: ModelStore,
+    registry: Manifest,
+    chosen: list[ModelMetadata],
+    folder: Path,
+    threads: int,
+    json_: bool,
+) -> None:
+    from offline_asr.goldens import GoldenError
+    from offline_asr.smoke import check_smoke, smoke_exit_code
+
+    reports, bad = [], []
+    for model in chosen:
+        try:
+            reports.append(check_smoke(
+                store, model, registry.manifest_version, local_goldens=folder, threads=threads
+            ))  # fmt: skip
+        except GoldenError as error:
+            bad.append((model.id, str(error)))
     if json_:
-        out.print_json(json.dumps([r.to_dict() for r in reports], ensure_ascii=False))
+        errors = [{"model_id": i, "ok": False, "error": e} for i, e in bad]
+        out.print_json(json.dumps([r.to_dict() for r in reports] + errors, ensure_ascii=False))
     for report in reports if not json_ else []:
-        status = "[green]OK[/]    " if report.ok else "[red]FAILED[/]"
+        status = _tagged("OK    ", "green", "") if report.ok else _tagged("FAILED", "red", "")
         bound = f" (bound {report.max_wer})" if report.max_wer is not None else " (no bound)"
-        out.print(f"{status} {report.model_id}: WER {report.wer:.2f}{bound}, {report.text!r}")
+        status.append(f"{report.model_id}: WER {report.wer:.2f}{bound}, golden output: "
+                      f"{report.verdict}; {report.text!r}")  # fmt: skip
+        out.print(status)
         for problem in report.problems:
-            out.print(f"       {problem}", highlight=False)
-    if not all(r.ok for r in reports):
-        raise typer.Exit(EXIT_CHECK_FAILED)
+            out.print(Text(f"       {problem}"))
+        for note in report.notes:
+            out.print(Text(f"       note: {note}"))
+    for model_id, message in bad if not json_ else []:
+        out.print(_tagged("ERROR ", "red", f"{model_id}: {message}"))
+    code = smoke_exit_code(reports, len(bad))
+    if code:
+        raise typer.Exit(code)
+
+
+def _smoke_matrix(
+    store: ModelStore,
+    chosen: list[ModelMetadata],
+    isas: list[str] | None,
+    gemms: list[str] | None,
+    json_: bool,
+) -> None:
+    from offline_asr import matrix as m
+    from offline_asr.progress import step_progress
+
+    offered = m.offered_isas()
+    unknown = [i for i in isas or [] if i not in offered] + [
+        g for g in gemms or [] if g not in m.GEMMS
+    ]
+    if unknown:
+        raise OfflineAsrError(
+            f"{', '.join(unknown)}: this CPU offers the ISAs {', '.join(offered)}; the GEMM "
+            f"backends are {', '.join(m.GEMMS)}"
+        )
+    configs = m.configurations(isas or offered, gemms or list(m.GEMMS))
+    with step_progress("determinism matrix", len(configs)) as done:
+        runs = m.run_matrix(store, chosen, configs, done)
+    groups = [m.group(runs, model.id) for model in chosen]
+    if json_:
+        payload = {
+            "configurations": [
+                {"isa": r.config.isa, "gemm": r.config.gemm, "threads": r.config.threads,
+                 "error": r.error, "runtime": r.runtime,
+                 "groups": {g.model_id: g.label.get(r.config) for g in groups}}
+                for r in runs
+            ],
+            "score_spread": {g.model_id: g.score_spread for g in groups},
+        }  # fmt: skip
+        out.print_json(json.dumps(payload))
+        return
+    default = m.default_config()
+    table = Table(title="decoded content per configuration (same letter: byte-identical)")
+    table.add_column("ISA / GEMM / threads")
+    for model in chosen:
+        table.add_column(model.id)
+    for run in runs:
+        mark = " (pinned default)" if (run.config.isa, run.config.gemm) == default else ""
+        cells = [Text(run.error or g.label.get(run.config, "-")) for g in groups]
+        table.add_row(run.config.label + mark, *cells)
+    out.print(table)
+    for g in groups:
+        pinned = next((g.label[c] for c in g.label if (c.isa, c.gemm) == default), None)
+        for letter, members in g.members().items():
+            line = (f"{g.model_id} {letter}: {len(members)} configurations, scores within "
+                    f"{g.score_spread[letter]:.1e}")  # fmt: skip
+            if pinned is not None and letter != pinned:
+                line += f"; differs from {pinned}: {m.first_differences(g, letter, pinned)}"
+            out.print(Text(line))
 
 
 @app.command("transcribe")
@@ -456,7 +673,7 @@ def transcribe(
                     path, options, on_audio=progress.start, on_segment=progress.advance
                 )
         except OfflineAsrError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            _error(error)
             failed += 1
             continue
         text = render(result, output_format)
@@ -588,21 +805,28 @@ def bundle_verify(
     bundle: Annotated[Path, typer.Argument(metavar="FILE", help="The bundle")],
     public_key: PublicKeyOption = None,
     identity: Annotated[
-        Path | None, typer.Option(help="age identity, to check an encrypted bundle's contents")
+        str | None,
+        typer.Option(metavar="FILE", help="age identity, to check an encrypted bundle's contents"),
     ] = None,
 ) -> None:
-    """Check the .sha256 sidecar, the signature (when a public key is given) and every file."""
-    from offline_asr.bundle.install import verify_bundle
+    """Every check `bundle install` makes of the bundle itself (the same code): the .sha256
+    sidecar, the signature (when a public key is given), bundle.json, the manifest and their
+    agreement, every file. Only checks of an install target (free disk, a delta's base release)
+    are left to install. An encrypted bundle's contents need --identity."""
+    from offline_asr.bundle.reader import verify_bundle
 
-    contents = verify_bundle(bundle, public_key=public_key, identity=identity)
-    signed = " and signature" if public_key else ""
-    if contents is None:
+    key, age = _key_files(public_key, identity)
+    checked = verify_bundle(bundle, public_key=key, identity=age)
+    signed = " and signature" if key else ""
+    if checked is None:
         out.print(f"OK {bundle.name}: sha256{signed} match; encrypted, contents not checked "
                   "(give --identity to check them)")  # fmt: skip
         return
+    contents = checked.contents
     out.print(
         f"OK {bundle.name}: sha256{signed} match; {len(contents.files)} files match bundle.json "
-        f"(manifest_version {contents.manifest_version}, models {', '.join(contents.models)})",
+        f"and the manifest (manifest_version {contents.manifest_version}, models "
+        f"{', '.join(contents.models)})",
         highlight=False,
     )
 
@@ -612,16 +836,17 @@ def bundle_verify(
 def bundle_install(
     bundle: Annotated[Path, typer.Argument(metavar="FILE", help="The bundle")],
     target: Annotated[Path, typer.Option(help="Install root (releases/, current)")],
-    identity: Annotated[
-        Path | None, typer.Option(help="age identity for encrypted bundles")
-    ] = None,
+    identity: IdentityOption = None,
     public_key: PublicKeyOption = None,
 ) -> None:
-    """Verify, decrypt, unpack safely into a new release, check every artifact, then switch
-    TARGET/current to it atomically. The previous release stays for rollback."""
+    """Make every check of `bundle verify` (and that the release fits on disk) while unpacking
+    safely into a new release, then check a delta's base release and every artifact as
+    written, and switch TARGET/current to it atomically. The previous release stays for
+    rollback; what killed installs left behind is removed first."""
     from offline_asr.bundle.install import install_bundle
 
-    release = install_bundle(bundle, target, public_key=public_key, identity=identity)
+    key, age = _key_files(public_key, identity)
+    release = install_bundle(bundle, target, public_key=key, identity=age)
     out.print(f"installed v{release.version} into {release.path}; current -> v{release.version}")
 
 
@@ -643,7 +868,8 @@ def bundle_list(target: Annotated[Path, typer.Option(help="Install root")]) -> N
 @bundle_app.command("rollback")
 @reports_errors
 def bundle_rollback(target: Annotated[Path, typer.Option(help="Install root")]) -> None:
-    """Switch TARGET/current back to the previous release, atomically."""
+    """Switch TARGET/current back to the previous release, atomically, once every artifact of
+    that release is verified against its manifest (exit 1, nothing switched, if one is not)."""
     from offline_asr.bundle.install import rollback
 
     release = rollback(target)
@@ -656,11 +882,16 @@ def bundle_prune(
     target: Annotated[Path, typer.Option(help="Install root")],
     keep: Annotated[int, typer.Option(min=1, help="Releases to keep (the current one always)")] = 2,
 ) -> None:
-    """Delete old releases, keeping the newest KEEP and the current one."""
+    """Delete old releases, keeping the newest KEEP and the current one, and what killed
+    installs left behind (staging folders, temporary links)."""
     from offline_asr.bundle.install import prune
 
-    removed = prune(target, keep)
+    removed, leftovers = prune(target, keep)
     out.print("removed " + (", ".join(f"v{v}" for v in removed) or "nothing"))
+    if leftovers:
+        names = ", ".join(str(p.relative_to(target)) for p in leftovers)
+        out.print(f"removed {len(leftovers)} leftovers of killed installs: {names}",
+                  highlight=False)  # fmt: skip
 
 
 @bundle_app.command("keygen")
@@ -689,17 +920,23 @@ def doctor(
         typer.Option(help="Lock file (default: the release's locks/, else ./requirements.lock)"),
     ] = None,
     json_: JsonOption = False,
+    local_goldens: LocalGoldensOption = None,
     manifest: ManifestOption = None,
 ) -> None:
-    """Environment vs the lock, models vs the manifest, smoke tests vs their golden outputs:
-    a verdict and the next steps. Exit code 1 when anything fails."""
+    """Environment vs the lock, models vs the manifest, smoke tests vs the golden outputs of
+    this machine's reproducibility class: a verdict and the next steps. Exit code 1 when
+    anything fails; goldens of another class are a warning, not a failure."""
     from dataclasses import asdict
 
     from offline_asr.doctor import run_doctor
 
     store = _store(manifest, target)
     default_lock = target / "current" / "locks" / "requirements.lock" if target else None
-    report = run_doctor(store, lock or default_lock or Path("requirements.lock"))
+    report = run_doctor(
+        store,
+        lock or default_lock or Path("requirements.lock"),
+        local_goldens=_local_goldens(store, target, local_goldens),
+    )
     if json_:
         payload = {"ok": report.ok, "checks": [asdict(c) for c in report.checks],
                    "next_steps": report.next_steps()}  # fmt: skip
@@ -710,11 +947,11 @@ def doctor(
             table.add_column(column, overflow="fold")
         colours = {"ok": "green", "warn": "yellow", "fail": "red"}
         for check in report.checks:
-            status = f"[{colours[check.status]}]{check.status.upper()}[/]"
+            status = Text(check.status.upper(), style=colours[check.status])
             table.add_row(check.area, check.subject, status, check.detail)
         out.print(table)
-        verdict = "[green]HEALTHY[/]" if report.ok else "[red]NOT HEALTHY[/]"
-        out.print(f"verdict: {verdict}")
+        verdict = Text("HEALTHY", "green") if report.ok else Text("NOT HEALTHY", "red")
+        out.print(Text.assemble("verdict: ", verdict))
         for step in report.next_steps():
             out.print(f"  next: {step}", highlight=False)
     if not report.ok:

@@ -16,6 +16,13 @@ CHECKSUM_NAME: Final = "checksum.txt"
 STAGING_DIR: Final = ".staging"
 LOCK_NAME: Final = ".manifest.lock"
 
+# Golden outputs: the manifest's next to it (in git and in bundles); fleet-local ones recorded
+# on machines outside their class (`models smoke --record-local`), in a folder of their own.
+GOLDENS_DIR: Final = "goldens"
+LOCAL_GOLDENS_DIR: Final = ".local-goldens"  # in a store (hidden: the store's own)
+TARGET_LOCAL_GOLDENS_DIR: Final = "local-goldens"  # in a bundle target, beside its releases
+LOCAL_GOLDENS_ENV: Final = "OFFLINE_ASR_LOCAL_GOLDENS"
+
 HASH_CHUNK: Final = 4 * 1024 * 1024
 
 DEFAULT_BUNDLE_HINT: Final = (

@@ -1,51 +1,22 @@
-"""Before a load: are the weights present and intact, which device, which CPU instruction set.
+"""Before a load: are the weights present and intact, and which device (CPU pins: `pins`).
 
-A verified-hash cache keyed by (path, size, mtime) makes the second start fast; `full=True`
+A verified-hash cache (`registry.verified_cache`) makes the second start fast; `full=True`
 re-hashes everything.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from offline_asr.config import Settings
-from offline_asr.constants import VERIFY_CACHE_NAME
 from offline_asr.errors import IntegrityError
-from offline_asr.registry.integrity import hash_files, symlink_on_path
-from offline_asr.registry.store import ModelStore, write_atomic
+from offline_asr.registry.integrity import hash_files, symlink_on_path, unlisted_files
+from offline_asr.registry.store import ModelStore
+from offline_asr.registry.verified_cache import VerifiedCache, file_identity
 from offline_asr.schemas import ModelMetadata
 
 Device = Literal["auto", "cpu", "cuda"]
-
-ISA_ENV = "CT2_FORCE_CPU_ISA"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def pin_cpu_isa() -> str:
-    """Pin CTranslate2's CPU dispatch (the transcript depends on it); returns the ISA used.
-
-    Must run before `ctranslate2` is imported. An explicit `CT2_FORCE_CPU_ISA` is kept;
-    otherwise AVX2 where the CPU has it, else AVX, else GENERIC.
-    """
-    if ISA_ENV not in os.environ:
-        flags = cpu_flags()
-        os.environ[ISA_ENV] = "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else "GENERIC"
-    return os.environ[ISA_ENV]
 
 
 def choose_device(requested: Device, engine: str) -> Literal["cpu", "cuda"]:
@@ -61,24 +32,13 @@ def choose_device(requested: Device, engine: str) -> Literal["cpu", "cuda"]:
     return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
 
 
-def _cache_key(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
 def check_weights(store: ModelStore, model: ModelMetadata, *, full: bool = False) -> None:
-    """Refuse to load when an artifact is missing, a symlink, or has another sha256.
+    """Refuse to load when an artifact is missing, a symlink, or has another sha256, or when
+    the model's folder holds a file the manifest does not list (the engine could read it).
 
-    Files whose (path, size, mtime) were verified before are not hashed again unless `full`.
+    Files the verified-hash cache vouches for are not hashed again unless `full`.
     """
     hint = Settings().offline_asr_bundle_hint
-    cache_path = store.root / VERIFY_CACHE_NAME
-    cache: dict[str, str] = {}
-    if not full and cache_path.is_file():
-        try:
-            cache = json.loads(cache_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            cache = {}
     to_hash: dict[Path, str] = {}
     for artifact in model.artifacts:
         path = store.root / artifact.path
@@ -92,8 +52,12 @@ def check_weights(store: ModelStore, model: ModelMetadata, *, full: bool = False
                 f"model {model.id!r}: {artifact.path} has {path.stat().st_size} bytes, the "
                 f"manifest says {artifact.size}; the file was altered or truncated. {hint}"
             )
-        if cache.get(_cache_key(path)) != artifact.sha256:
-            to_hash[path] = artifact.sha256
+        to_hash[path] = artifact.sha256
+    _refuse_unlisted(store, model)
+    cache = VerifiedCache(store.root)
+    identities = {path: file_identity(path) for path in to_hash}
+    if not full:
+        to_hash = {p: sha for p, sha in to_hash.items() if not cache.vouches(identities[p], sha)}
     if not to_hash:
         return
     for path, digest in hash_files(to_hash, f"verifying {model.id}").items():
@@ -102,7 +66,20 @@ def check_weights(store: ModelStore, model: ModelMetadata, *, full: bool = False
                 f"model {model.id!r}: {path.relative_to(store.root)} has sha256 {digest.sha256}, "
                 f"the manifest says {to_hash[path]}; refusing to load altered weights. {hint}"
             )
-        cache[_cache_key(path)] = digest.sha256
-    # A read-only store still loads; it is just verified in full every time.
-    with contextlib.suppress(OSError):
-        write_atomic(cache_path, json.dumps(cache, indent=0, sort_keys=True) + "\n")
+        # Remembered only if the file did not change while it was hashed.
+        if file_identity(path) == identities[path]:
+            cache.remember(identities[path], digest.sha256)
+    cache.save()
+
+
+def _refuse_unlisted(store: ModelStore, model: ModelMetadata) -> None:
+    unlisted = unlisted_files(store.root, model)
+    if unlisted:
+        is_, it = ("is", "it") if len(unlisted) == 1 else ("are", "them")
+        raise IntegrityError(
+            f"model {model.id!r}: {', '.join(unlisted)} {is_} in the model's folder but not "
+            "listed in the manifest; engines read files from that folder by name, so the model "
+            f"is not loaded. Delete or move {it} out of {model.path}/ (`offline-asr models "
+            f"verify` lists every such file), or, if the model needs {it}, prepare the model "
+            "again (`offline-asr models prepare`) so that the manifest lists it."
+        )

@@ -1,7 +1,7 @@
 """`offline-asr doctor`: the one command an operator runs on an air-gapped host.
 
-Environment against the lock, every artifact against the manifest, every smoke test against its
-golden output; a summary with a verdict and what to do next.
+Environment against the lock, every artifact against the manifest, every smoke test against the
+golden output of this machine's reproducibility class; a summary with a verdict and what to do.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Literal
 
 from offline_asr.envcheck import check_environment
 from offline_asr.errors import OfflineAsrError
+from offline_asr.goldens import GoldenError
 from offline_asr.registry.integrity import verify_models
 from offline_asr.registry.store import ModelStore
+from offline_asr.schemas import ModelMetadata
 from offline_asr.smoke import check_smoke
 
 Status = Literal["ok", "warn", "fail"]
@@ -40,8 +42,12 @@ class DoctorReport:
         return list(dict.fromkeys(c.fix for c in self.checks if c.status == "fail" and c.fix))
 
 
-def run_doctor(store: ModelStore, lock: Path) -> DoctorReport:
-    """Run every check; a failing area does not stop the others."""
+def run_doctor(store: ModelStore, lock: Path, *, local_goldens: Path | None = None) -> DoctorReport:
+    """Run every check; a failing area does not stop the others.
+
+    A store without a readable manifest or without models gets no verdict (`ManifestError`).
+    """
+    manifest = store.load_models("check")
     report = DoctorReport()
     environment = check_environment(lock, store.root)
     for finding in environment.findings:
@@ -51,12 +57,6 @@ def run_doctor(store: ModelStore, lock: Path) -> DoctorReport:
             )
     if environment.ok:
         report.checks.append(Check("environment", "packages", "ok", f"match {lock}"))
-    try:
-        manifest = store.load()
-    except OfflineAsrError as error:
-        report.checks.append(Check("models", str(store.manifest_path), "fail", str(error),
-                                   "restore the manifest from the bundle"))  # fmt: skip
-        return report
     verified = {r.model_id: r for r in verify_models(store.root, manifest.models)}
     for model in manifest.models:
         integrity = verified[model.id]
@@ -71,16 +71,24 @@ def run_doctor(store: ModelStore, lock: Path) -> DoctorReport:
         if model.smoke is None:
             report.checks.append(Check("smoke", model.id, "warn", "no smoke test recorded"))
             continue
-        try:
-            smoke = check_smoke(store, model, manifest.manifest_version)
-        except OfflineAsrError as error:
-            report.checks.append(Check("smoke", model.id, "fail", str(error)))
-            continue
-        bound = "" if smoke.max_wer is None else f" (bound {smoke.max_wer})"
-        if smoke.ok:
-            detail = f"WER {smoke.wer:.2f}{bound}, golden output matches"
-            report.checks.append(Check("smoke", model.id, "ok", detail))
-        else:
-            fix = "align the runtime with the recording (see detail), or re-prepare the model"
-            report.checks.append(Check("smoke", model.id, "fail", "; ".join(smoke.problems), fix))
+        report.checks.append(_smoke_check(store, model, manifest.manifest_version, local_goldens))
     return report
+
+
+def _smoke_check(
+    store: ModelStore, model: ModelMetadata, manifest_version: int, local_goldens: Path | None
+) -> Check:
+    try:
+        smoke = check_smoke(store, model, manifest_version, local_goldens=local_goldens)
+    except GoldenError as error:
+        fix = "restore the golden file: reinstall the bundle or `bundle rollback`"
+        return Check("smoke", model.id, "fail", str(error), fix)
+    except OfflineAsrError as error:
+        return Check("smoke", model.id, "fail", str(error))
+    bound = "" if smoke.max_wer is None else f" (bound {smoke.max_wer})"
+    detail = "; ".join([f"WER {smoke.wer:.2f}{bound}, golden output: {smoke.verdict}",
+                        *smoke.problems, *smoke.notes])  # fmt: skip
+    if not smoke.ok:
+        fix = "see the detail: it names the weights' state and the runtime differences"
+        return Check("smoke", model.id, "fail", detail, fix)
+    return Check("smoke", model.id, "warn" if smoke.notes else "ok", detail)

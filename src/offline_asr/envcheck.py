@@ -30,7 +30,7 @@ from packaging.version import InvalidVersion, Version
 from rich.table import Table
 from rich.text import Text
 
-from offline_asr import device
+from offline_asr import pins
 from offline_asr.errors import OfflineAsrError
 
 Level = Literal["ok", "warn", "fail"]
@@ -159,6 +159,7 @@ class CpuInfo:
     ct2_isa: str
     isa_from: Literal["environment", "cpu flags"]
     pinned_before_import: bool
+    pinned: dict[str, str] = field(default_factory=dict)  # every pin in effect, name -> value
 
 
 @dataclass
@@ -188,8 +189,8 @@ class EnvReport:
 
     def render_table(self) -> Table:
         """One row per finding: level, topic, what was seen, and what to do about a failure."""
-        verdict = "[green]OK[/]" if self.ok else "[red]FAILED[/]"
-        table = Table(title=f"Environment check: {verdict}", show_lines=True)
+        verdict = Text("OK", style="green") if self.ok else Text("FAILED", style="red")
+        table = Table(title=Text.assemble("Environment check: ", verdict), show_lines=True)
         table.add_column("", no_wrap=True)
         table.add_column("topic", no_wrap=True)
         table.add_column("detail")
@@ -209,7 +210,7 @@ class EnvReport:
 def check_environment(lock: Path, store_root: Path | None) -> EnvReport:
     """Compare this interpreter and its packages with `lock`; probe the native runtimes.
 
-    Pins CTranslate2's CPU ISA (`device.pin_cpu_isa`) before importing it, as every engine
+    Pins CTranslate2's CPU ISA (`pins.pin_runtime`) before importing it, as every engine
     does, so the libraries reported are the ones a transcription in this process would use.
     """
     requirements = read_lock(lock)
@@ -436,25 +437,22 @@ def package_findings(check: PackageCheck) -> list[Finding]:
 
 
 def cpu_info() -> CpuInfo:
-    """Pin the ISA as the engines do (without importing ctranslate2) and report it."""
-    explicit = device.ISA_ENV in os.environ
-    # Already set: by the user, or by an engine's pin before its import; either way the import
-    # saw it. Unset with ctranslate2 loaded: it was imported unpinned.
-    before_import = explicit or "ctranslate2" not in sys.modules
-    flags = device.cpu_flags()
-    isa = device.pin_cpu_isa()
+    """Pin as the package does on import (without importing ctranslate2) and report it."""
+    flags = pins.cpu_flags()
+    isa = pins.pin_runtime()
     return CpuInfo(
         flags={flag: flag in flags for flag in CT2_CPU_FLAGS},
         ct2_isa=isa,
-        isa_from="environment" if explicit else "cpu flags",
-        pinned_before_import=before_import,
+        isa_from="environment" if pins.ISA_ENV in pins.user_pins() else "cpu flags",
+        pinned_before_import="ctranslate2" not in pins.loaded_before_pins(),
+        pinned={name: os.environ[name] for name in pins.PINNED_VARIABLES if name in os.environ},
     )
 
 
 def cpu_findings(cpu: CpuInfo) -> list[Finding]:
     """A forced ISA the CPU lacks would crash CTranslate2 (illegal instruction)."""
     present = ", ".join(f"{flag} {'yes' if has else 'no'}" for flag, has in cpu.flags.items())
-    detail = f"{device.ISA_ENV}={cpu.ct2_isa} (from the {cpu.isa_from}); CPU flags: {present}"
+    detail = f"{pins.ISA_ENV}={cpu.ct2_isa} (from the {cpu.isa_from}); CPU flags: {present}"
     findings = []
     isa = cpu.ct2_isa.upper()
     if isa not in ISA_NEEDS:
@@ -464,22 +462,25 @@ def cpu_findings(cpu: CpuInfo) -> list[Finding]:
                 "cpu isa",
                 f"{detail}; {cpu.ct2_isa!r} is not an ISA CTranslate2 knows "
                 f"({', '.join(ISA_NEEDS)})",
-                f"unset {device.ISA_ENV} (AVX2 is chosen where the CPU has it)",
+                f"unset {pins.ISA_ENV} (AVX2 is chosen where the CPU has it)",
             )
         )
     elif (needed := ISA_NEEDS[isa]) is not None and cpu.flags.get(needed) is False:
-        best = "AVX2" if cpu.flags["avx2"] else "AVX" if cpu.flags["avx"] else "GENERIC"
+        best = pins.best_isa({flag for flag, has in cpu.flags.items() if has})
         findings.append(
             Finding(
                 "fail",
                 "cpu isa",
                 f"{detail}; this CPU has no {needed}, so CTranslate2 would stop with an illegal "
                 "instruction",
-                f"unset {device.ISA_ENV} or set it to {best}",
+                f"unset {pins.ISA_ENV} or set it to {best}",
             )
         )
     else:
         findings.append(Finding("ok", "cpu isa", detail))
+    if cpu.pinned:
+        listed = ", ".join(f"{name}={value}" for name, value in sorted(cpu.pinned.items()))
+        findings.append(Finding("ok", "pins", f"determinism pins in effect: {listed}"))
     if not cpu.pinned_before_import:
         findings.append(
             Finding(

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Literal
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from offline_asr.constants import HASH_CHUNK
 from offline_asr.envcheck import LockedRequirement, read_lock
 from offline_asr.errors import OfflineAsrError
-from offline_asr.progress import stderr_console
+from offline_asr.progress import progress_bar
 from offline_asr.registry.store import write_atomic
 
 Flavour = Literal["cpu", "cuda12"]
@@ -121,9 +121,6 @@ def pack_environment(lock: Path, out_dir: Path, *, platform_tag: str | None = No
 
 def _flavour(platform_tag: str | None) -> Flavour:
     if platform_tag is None:
-        from offline_asr.device import pin_cpu_isa
-
-        pin_cpu_isa()
         try:
             import ctranslate2
 
@@ -223,14 +220,8 @@ def _pip_download(pip: list[str], lock: Path, wheelhouse: Path, *, expected: int
     ]
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONUNBUFFERED": "1"}
     tail: collections.deque[str] = collections.deque(maxlen=_PIP_TAIL_LINES)
-    with Progress(
-        TextColumn("downloading wheels"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr_console,
-        transient=True,
-        disable=not stderr_console.is_terminal,
+    with progress_bar(
+        TextColumn("downloading wheels"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     ) as progress:
         task = progress.add_task("wheels", total=expected)
         with subprocess.Popen(

@@ -10,9 +10,12 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TaskID,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -22,21 +25,35 @@ stderr_console = Console(stderr=True)
 Advance = Callable[[int], None]
 
 
+def progress_bar(*columns: ProgressColumn) -> Progress:
+    """A bar on stderr that disappears when done and stays silent when stderr is no terminal."""
+    return Progress(
+        *columns, console=stderr_console, transient=True, disable=not stderr_console.is_terminal
+    )
+
+
 @contextmanager
 def byte_progress(description: str, total: int | None) -> Iterator[Advance]:
     """Yield a callback that advances one bar by a number of bytes (thread-safe)."""
-    with Progress(
-        TextColumn("{task.description}"),
+    with progress_bar(
+        TextColumn("{task.description}", markup=False),  # file names may hold `[...]`
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=stderr_console,
-        transient=True,
-        disable=not stderr_console.is_terminal,
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+@contextmanager
+def step_progress(description: str, total: int) -> Iterator[Callable[[str], None]]:
+    """Yield a callback that counts one step done and names the next."""
+    with progress_bar(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda name: progress.update(task, advance=1, description=f"{description}: {name}")
 
 
 class TranscriptionProgress:
@@ -59,13 +76,11 @@ class HasEnd(Protocol):
 
 @contextmanager
 def transcription_progress(name: str) -> Iterator[TranscriptionProgress]:
-    with Progress(
-        TextColumn("{task.description}"),
+    with progress_bar(
+        TextColumn("{task.description}", markup=False),  # file names may hold `[...]`
         BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        MofNCompleteColumn(),  # seconds done / in total ("?" until the audio is decoded)
+        TextColumn("s"),
         TimeRemainingColumn(),
-        console=stderr_console,
-        transient=True,
-        disable=not stderr_console.is_terminal,
     ) as progress:
         yield TranscriptionProgress(progress, progress.add_task(f"transcribing {name}", total=None))

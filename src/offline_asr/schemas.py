@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from datetime import datetime
-from pathlib import PurePosixPath
 from typing import Annotated, Literal, get_args
 
 from pydantic import (
@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from offline_asr.constants import SCHEMA_VERSION
+from offline_asr.constants import GOLDENS_DIR, SCHEMA_VERSION
 
 Engine = Literal["whisper", "gigaam"]
 ENGINES: tuple[str, ...] = get_args(Engine)
@@ -30,9 +30,18 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
+# Components of safe characters that do not start with a dot: no '.', '..', hidden folder,
+# empty component, drive letter or backslash is possible. Most paths match; the rest are checked
+# one rule at a time below (a manifest of 100,000 entries runs this 200,000 times).
+_PLAIN_PATH = re.compile(r"[\w+-][\w.+-]*(?:/[\w+-][\w.+-]*)*", re.ASCII)
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
 def check_store_path(value: str) -> str:
     """A path relative to the store that cannot escape it: no `..`, no absolute path, no `\\`."""
-    if not value or value.startswith("/") or "\\" in value or re.match(r"^[A-Za-z]:", value):
+    if _PLAIN_PATH.fullmatch(value):
+        return value
+    if not value or value.startswith("/") or "\\" in value or _DRIVE.match(value):
         raise ValueError(f"path {value!r} must be relative to the model store, with '/' separators")
     parts = value.split("/")
     if any(part in ("", ".", "..") for part in parts):
@@ -91,11 +100,12 @@ class Artifact(_Strict):
 
 
 class SmokeTest(_Strict):
-    """A fixed clip with its reference transcript and the output recorded at preparation.
+    """A fixed clip with its reference transcript and the golden output recorded at preparation.
 
     `audio` is relative to the store, or the name of a clip that ships with offline-asr.
-    `golden_sha256` is the hash of the canonical output (without manifest_version and runtime);
-    `runtime` records what could change it (CPU ISA, compute type, library versions).
+    `golden` is the readable golden output (canonical JSON, relative to the store);
+    `golden_sha256` is the sha256 of its decoded content, which every machine of
+    `golden_class` reproduces byte for byte; `runtime` holds the library versions.
     """
 
     audio: str
@@ -105,8 +115,21 @@ class SmokeTest(_Strict):
     max_wer: float | None = Field(
         None, ge=0, description="Upper bound on the word error rate; none for a test model"
     )
-    golden_sha256: Sha256 | None = None
-    runtime: dict[str, str] = Field(default_factory=dict)
+    word_timestamps: bool = Field(False, description="The clip is decoded with word timings")
+    golden: StorePath | None = Field(
+        None, description="Golden output file, e.g. goldens/<model-id>.json"
+    )
+    golden_sha256: Sha256 | None = Field(
+        None, description="sha256 of the golden's decoded content (canonical JSON)"
+    )
+    golden_class: dict[str, str] = Field(
+        default_factory=dict,
+        description="Reproducibility class of the golden: architecture, pinned ISA and GEMM "
+        "backend, compute type; machines of this class reproduce it exactly",
+    )
+    runtime: dict[str, str] = Field(
+        default_factory=dict, description="Library versions when the golden was recorded"
+    )
 
 
 class ModelMetadata(_Strict):
@@ -130,6 +153,8 @@ class ModelMetadata(_Strict):
 
     @model_validator(mode="after")
     def _artifacts_inside_folder(self) -> ModelMetadata:
+        if self.path.split("/")[0] == GOLDENS_DIR:
+            raise ValueError(f"model {self.id!r}: the folder {GOLDENS_DIR}/ holds golden outputs")
         seen: set[str] = set()
         for artifact in self.artifacts:
             if not artifact.path.startswith(self.path + "/"):
@@ -162,15 +187,17 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Manifest:
-        ids = [model.id for model in self.models]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        counts = Counter(model.id for model in self.models)
+        duplicates = sorted(i for i, n in counts.items() if n > 1)
         if duplicates:
             raise ValueError(f"duplicate model ids: {', '.join(duplicates)}")
-        folders = {PurePosixPath(model.path): model.id for model in self.models}
+        folders = {model.path: model.id for model in self.models}
         if len(folders) < len(self.models):
             raise ValueError("two models share one folder")
         for folder, model_id in folders.items():
-            outer = next((p for p in folder.parents if p in folders), None)
+            # Every proper prefix that ends at a '/' (paths are checked: no '.', '..' or '//').
+            outer = next((folder[:i] for i, c in enumerate(folder) if c == "/"
+                          and folder[:i] in folders), None)  # fmt: skip
             if outer is not None:
                 raise ValueError(f"model {model_id!r} lies inside the folder of {folders[outer]!r}")
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,16 +14,20 @@ from offline_asr.asr.base import (
     Audio,
     DecodeOptions,
     OnSegment,
+    Segment,
     TranscriptionEngine,
     TranscriptionResult,
 )
 from offline_asr.asr.router import AUTO_MODEL, AutoRouter
 from offline_asr.audio import AudioLimits, decode_audio
-from offline_asr.audit import AuditLog
+from offline_asr.audit import AuditLog, transcription_fields
 from offline_asr.constants import SAMPLE_RATE
 from offline_asr.errors import OfflineAsrError
 from offline_asr.registry.integrity import sha256_file
 from offline_asr.registry.store import ModelStore
+
+OnFields = Callable[[dict[str, Any]], None]
+"""Told the audit fields as they become known: the model and audio first, the result last."""
 
 
 class Backend(Protocol):
@@ -31,15 +36,20 @@ class Backend(Protocol):
     ) -> TranscriptionResult: ...
 
 
+class Cancelled(Exception):  # noqa: N818  # not an error: the caller asked for it
+    """The caller set the cancel event; the work stopped at the next segment (or batch)."""
+
+
 class Transcriber:
-    """A loaded model (or the `auto` router) plus the audit log and the audio limits."""
+    """A loaded model (or the `auto` router) plus the audio limits and, for the command line,
+    the audit log (the service writes its own line per request from `on_fields`)."""
 
     def __init__(
         self,
         store: ModelStore,
         model_id: str,
         *,
-        audit: AuditLog,
+        audit: AuditLog | None,
         limits: AudioLimits | None = None,
         **engine_options: Any,
     ) -> None:
@@ -58,15 +68,14 @@ class Transcriber:
         options: DecodeOptions,
         on_audio: Callable[[float], None] | None = None,
         on_segment: OnSegment | None = None,
-        **context: Any,
     ) -> TranscriptionResult:
         """Decode and transcribe a file; `on_audio(duration_s)` is told the length first."""
         if not path.is_file():
             raise OfflineAsrError(f"{path}: no such file")
         digest = sha256_file(path).sha256
         return self._run(
-            lambda: decode_audio(path, limits=self.limits), digest, options, on_audio, on_segment,
-            context,
+            lambda: decode_audio(path, limits=self.limits), digest, options, on_audio=on_audio,
+            on_segment=on_segment,
         )  # fmt: skip
 
     def transcribe_stream(
@@ -75,16 +84,21 @@ class Transcriber:
         name: str,
         options: DecodeOptions,
         on_segment: OnSegment | None = None,
-        **context: Any,
+        *,
+        cancel: threading.Event | None = None,
+        on_fields: OnFields | None = None,
     ) -> TranscriptionResult:
-        """An upload: hashed in chunks, then decoded from the same seekable stream."""
+        """An upload: hashed in chunks, then decoded from the same seekable stream.
+
+        Setting `cancel` stops the work with `Cancelled` after the decoding or the next segment.
+        """
         digest = hashlib.sha256()
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
         stream.seek(0)
         return self._run(
             lambda: decode_audio(stream, limits=self.limits, name=name), digest.hexdigest(),
-            options, None, on_segment, context,
+            options, on_segment=on_segment, cancel=cancel, on_fields=on_fields,
         )  # fmt: skip
 
     def _run(
@@ -92,27 +106,42 @@ class Transcriber:
         decode: Callable[[], Audio],
         digest: str,
         options: DecodeOptions,
-        on_audio: Callable[[float], None] | None,
-        on_segment: OnSegment | None,
-        context: dict[str, Any],
+        *,
+        on_audio: Callable[[float], None] | None = None,
+        on_segment: OnSegment | None = None,
+        cancel: threading.Event | None = None,
+        on_fields: OnFields | None = None,
     ) -> TranscriptionResult:
         started = time.perf_counter()
+        engine = self.backend if isinstance(self.backend, TranscriptionEngine) else None
+        known: dict[str, Any] = {
+            "model_id": self.model_id, "audio_sha256": digest, "options": options,
+            "manifest_version": engine.manifest_version if engine else None,
+            "fingerprint": engine.fingerprint if engine else None,
+        }  # fmt: skip
+        if on_fields is not None:
+            on_fields(transcription_fields(**known))
+
+        def checked(segment: Segment) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            if on_segment is not None:
+                on_segment(segment)
+
         try:
             audio = decode()
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
             if on_audio is not None:
                 on_audio(len(audio) / SAMPLE_RATE)
-            result = self.backend.transcribe(audio, options, on_segment)
+            result = self.backend.transcribe(audio, options, checked)
         except OfflineAsrError as error:
-            engine = self.backend if isinstance(self.backend, TranscriptionEngine) else None
-            self.audit.record(
-                model_id=self.model_id, audio_sha256=digest, options=options,
-                latency_s=time.perf_counter() - started, error=str(error),
-                manifest_version=engine.manifest_version if engine else None,
-                fingerprint=engine.fingerprint if engine else None, **context,
-            )  # fmt: skip
+            if self.audit is not None:
+                latency = time.perf_counter() - started
+                self.audit.record(**known, latency_s=latency, error=str(error))
             raise
-        self.audit.record(
-            model_id=self.model_id, audio_sha256=digest, options=options,
-            latency_s=time.perf_counter() - started, result=result, **context,
-        )  # fmt: skip
+        if on_fields is not None:
+            on_fields(transcription_fields(**known, result=result))
+        if self.audit is not None:
+            self.audit.record(**known, latency_s=time.perf_counter() - started, result=result)
         return result

@@ -132,3 +132,19 @@ def long_russian(path: Path, repeats: int = 17) -> Path:
     pause = np.zeros((1, rate // 2), np.int16)
     path.write_bytes(wav_bytes(np.concatenate([speech, pause] * repeats, axis=1), rate))
     return path
+
+
+def long_speech_wav(path: Path, seconds: float, rate: int = 8_000) -> Path:
+    """The speech clip at `rate`, each time followed by half a second of quiet, repeated to
+    `seconds`: a long telephone-quality recording that every engine finds speech in."""
+    samples, clip_rate = read_wav(CLIP)
+    speech = resample(samples[:1], clip_rate, rate)[0]
+    unit = np.concatenate([speech, np.zeros(rate // 2, np.int16)])
+    total = round(seconds * rate)
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        for start in range(0, total, len(unit)):
+            writer.writeframes(unit[: total - start].tobytes())
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from offline_asr.pins import unpinned_environment
 from offline_asr.registry.store import ModelStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,12 +49,25 @@ def write_ct2_model(folder: Path, *, weights: bytes = b"\x00\x3c" * 4, extra: bo
     return folder
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
-    """Run the installed console script in a subprocess (for signals and real exit codes)."""
+def run_cli(
+    *args: str | Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
+) -> CliResult:
+    """Run the installed console script in a subprocess (for signals and real exit codes).
+
+    With `env`, the process starts as from a new shell with these variables added: offline-asr
+    pins afresh (the test process's own pins are not inherited). `cpus` limits it to those CPUs,
+    as on a machine with fewer cores.
+    """
     exe = Path(sys.executable).with_name("offline-asr")
+    environment = None if env is None else unpinned_environment(dict(os.environ)) | env
     proc = subprocess.run(
-        [str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=600, check=False
-    )
+        [str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=1200,
+        check=False, env=environment,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+    )  # fmt: skip
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -58,6 +58,63 @@ class Segment(BaseModel):
     words: list[Word] | None = None
 
 
+SCORE_DECIMALS = 5
+"""Scores keep this many decimals in the canonical form (golden files)."""
+SCORE_TOLERANCE = 1e-4
+"""Largest difference between a recorded and a current score that still agrees. Measured
+(README, "Reproducibility"): within one class scores moved by at most 2.8e-7 (GigaAM, 1 vs 2
+onnxruntime threads; Whisper not at all)."""
+
+
+class _Canonical(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DecodedWord(_Canonical):
+    start: float
+    end: float
+    word: str
+
+
+class DecodedSegment(_Canonical):
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    words: list[DecodedWord] | None = None
+
+
+class Decoded(_Canonical):
+    """Text, language, duration, segment boundaries, token ids and word timings."""
+
+    text: str
+    language: str
+    duration: float
+    segments: list[DecodedSegment]
+
+    def sha256(self) -> str:
+        """Hash of the sorted, compact JSON: equal exactly when the decoded content is."""
+        text = json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class SegmentScores(_Canonical):
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    compression_ratio: float | None = None
+    word_probabilities: list[float] | None = None
+
+
+class Scores(_Canonical):
+    """Log-probabilities and probabilities: reported, compared within `SCORE_TOLERANCE`."""
+
+    language_probability: float | None = None
+    segments: list[SegmentScores]
+
+
 class TranscriptionResult(BaseModel):
     """A transcript and everything needed to say which model, weights and options produced it."""
 
@@ -72,18 +129,50 @@ class TranscriptionResult(BaseModel):
     engine: str
     options: DecodeOptions
     runtime: dict[str, str] = Field(
-        default_factory=dict, description="What can change the output: ISA, compute type, versions"
+        default_factory=dict,
+        description="What can change the output: CPU, pinned ISA and GEMM backend, versions",
     )
 
-    def canonical_json(self, *, exclude: set[str] | None = None) -> str:
-        """Sorted, compact JSON: identical bytes for identical transcriptions."""
-        data = self.model_dump(mode="json", exclude=exclude)
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    def decoded(self) -> Decoded:
+        """The decoded content: byte-identical on every machine of one reproducibility class."""
+        return Decoded(
+            text=self.text,
+            language=self.language,
+            duration=self.duration,
+            segments=[_decoded_segment(segment) for segment in self.segments],
+        )
 
-    def golden_sha256(self) -> str:
-        """Hash of what the model produced, leaving out the registry version and the runtime."""
-        text = self.canonical_json(exclude={"manifest_version", "runtime"})
-        return hashlib.sha256(text.encode()).hexdigest()
+    def scores(self, decimals: int | None = SCORE_DECIMALS) -> Scores:
+        """The scores, rounded to `decimals` (None: as computed); compared within a tolerance."""
+
+        def rounded(value: float) -> float:
+            return value if decimals is None else round(value, decimals)
+
+        def optional(value: float | None) -> float | None:
+            return None if value is None else rounded(value)
+
+        return Scores(
+            language_probability=optional(self.language_probability),
+            segments=[
+                SegmentScores(
+                    avg_logprob=optional(s.avg_logprob),
+                    no_speech_prob=optional(s.no_speech_prob),
+                    compression_ratio=optional(s.compression_ratio),
+                    word_probabilities=(
+                        None if s.words is None else [rounded(w.probability) for w in s.words]
+                    ),
+                )
+                for s in self.segments
+            ],
+        )
+
+
+def _decoded_segment(segment: Segment) -> DecodedSegment:
+    words = None
+    if segment.words is not None:
+        words = [DecodedWord(start=w.start, end=w.end, word=w.word) for w in segment.words]
+    return DecodedSegment(id=segment.id, start=segment.start, end=segment.end,
+                          text=segment.text, tokens=segment.tokens, words=words)  # fmt: skip
 
 
 OnSegment = Callable[[Segment], None]
@@ -111,6 +200,9 @@ class TranscriptionEngine(ABC):
     """
 
     engine: ClassVar[str]
+    class_keys: ClassVar[tuple[str, ...]]
+    """The `runtime` entries that make up the reproducibility class: machines that agree on
+    them give byte-identical decoded content."""
 
     def __init__(
         self,

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from importlib import metadata
 from pathlib import Path
 
-from offline_asr.device import ISA_ENV, choose_device, pin_cpu_isa
+# CTranslate2 reads its CPU pins when it loads: `offline_asr/__init__.py` set them already.
+from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-pin_cpu_isa()  # before CTranslate2 is imported: its CPU dispatch is chosen at load time
-
-from faster_whisper import BatchedInferencePipeline, WhisperModel  # noqa: E402
-
-from offline_asr.asr.base import (  # noqa: E402
+from offline_asr.asr.base import (
     Audio,
     DecodeOptions,
     EngineError,
@@ -22,13 +18,18 @@ from offline_asr.asr.base import (  # noqa: E402
     TranscriptionResult,
     Word,
 )
-from offline_asr.schemas import ModelMetadata  # noqa: E402
+from offline_asr.asr.whisper_features import BlockedFeatureExtractor
+from offline_asr.device import choose_device
+from offline_asr.pins import ctranslate2_facts, host_facts
+from offline_asr.schemas import ModelMetadata
 
 
 class WhisperEngine(TranscriptionEngine):
     """faster-whisper with one temperature (no random fallback) and a fixed beam size."""
 
     engine = "whisper"
+    class_keys = ("arch", "ct2_cpu_isa", "onednn_isa", "gemm", "mkl_cbwr", "numpy_simd",
+                  "openblas_core", "openblas_threads", "device", "compute_type")  # fmt: skip
 
     def _load(self, model: ModelMetadata, folder: Path) -> None:
         self.device = choose_device(self.device_request, "whisper")
@@ -45,7 +46,19 @@ class WhisperEngine(TranscriptionEngine):
                 f"cannot load {model.id!r} on {self.device} with compute type "
                 f"{model.compute_type}: {error}"
             ) from error
+        # Same features, computed 30 s at a time: memory follows the audio's length.
+        self._model.feature_extractor = BlockedFeatureExtractor(**self._model.feat_kwargs)
         self._batched = BatchedInferencePipeline(self._model)
+        self._runtime = (
+            host_facts()
+            | ctranslate2_facts()
+            | {
+                "device": self.device,
+                "compute_type": model.compute_type,
+                "ctranslate2": metadata.version("ctranslate2"),
+                "faster-whisper": metadata.version("faster-whisper"),
+            }
+        )
 
     def detect_language(self, audio: Audio) -> tuple[str, float]:
         """The most probable language of the first 30 s and its probability."""
@@ -93,7 +106,6 @@ class WhisperEngine(TranscriptionEngine):
             )
             segments.append(segment)
             on_segment(segment)
-        assert self.model is not None
         return self._result(
             text="".join(s.text for s in segments).strip(),
             segments=segments,
@@ -101,11 +113,5 @@ class WhisperEngine(TranscriptionEngine):
             language_probability=info.language_probability,
             duration=info.duration,
             options=options,
-            runtime={
-                "device": self.device,
-                "compute_type": self.model.compute_type,
-                "ct2_cpu_isa": os.environ[ISA_ENV],
-                "ctranslate2": metadata.version("ctranslate2"),
-                "faster-whisper": metadata.version("faster-whisper"),
-            },
+            runtime=dict(self._runtime),
         )

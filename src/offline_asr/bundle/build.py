@@ -1,7 +1,9 @@
 """Build `offline_bundle_v{N}.tar.zst` strictly from the manifest, byte-identical on rebuild.
 
-Entries are sorted, with a fixed mtime (the manifest's `updated_at`), owner and mode, and fixed
-zstd settings; files are streamed from disk, so memory does not grow with the bundle.
+`bundle.json` comes first and the manifest second (so both are checked before anything else is
+read), then the other entries sorted, with a fixed mtime (the manifest's `updated_at`), owner
+and mode, and fixed zstd settings; files are streamed from disk, so memory does not grow with
+the bundle.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from offline_asr.bundle.contents import (
     BundleFile,
 )
 from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.signing import SIGNATURE_SUFFIX, sign
+from offline_asr.bundle.signing import SIGNATURE_SUFFIX, load_private, sign
 from offline_asr.constants import CHECKSUM_NAME
 from offline_asr.errors import OfflineAsrError
+from offline_asr.goldens import verify_manifest_golden
 from offline_asr.progress import Advance, byte_progress
 from offline_asr.registry.integrity import checksum_text, symlink_on_path
 from offline_asr.registry.store import ModelStore
@@ -87,7 +90,7 @@ def _entries(
     locks_dir: Path,
     wheels: Path | None,
 ) -> tuple[list[Entry], list[BundleFile]]:
-    """Everything but bundle.json, sorted, and the artifacts a delta takes from its base."""
+    """Everything but bundle.json, and the artifacts a delta takes from its base."""
     base_hashes = {a.path: a.sha256 for m in (base.models if base else []) for a in m.artifacts}
     entries = [Entry(MANIFEST_IN_BUNDLE, data=manifest.to_json().encode())]
     from_base = []
@@ -95,6 +98,10 @@ def _entries(
         entries.append(
             Entry(f"models/{model.path}/{CHECKSUM_NAME}", data=checksum_text(model).encode())
         )
+        if model.smoke is not None and model.smoke.golden is not None:
+            verify_manifest_golden(store.root, model)
+            golden = model.smoke.golden
+            entries.append(Entry(f"models/{golden}", source=store.root / golden))
         for artifact in model.artifacts:
             if base_hashes.get(artifact.path) == artifact.sha256:
                 from_base.append(BundleFile(path=f"models/{artifact.path}", sha256=artifact.sha256,
@@ -112,7 +119,12 @@ def _entries(
         entries.append(Entry(f"locks/{name}", source=lock))
     if wheels is not None:
         entries.extend(Entry(f"wheels/{w.name}", source=w) for w in sorted(wheels.glob("*.whl")))
-    return sorted(entries, key=lambda e: e.arcname), from_base
+    return entries, from_base
+
+
+def _archive_order(entry: Entry) -> tuple[bool, str]:
+    """The manifest first (after bundle.json), then by name."""
+    return entry.arcname != MANIFEST_IN_BUNDLE, entry.arcname
 
 
 class _HashingReader:
@@ -202,6 +214,7 @@ def build_bundle(
 
     Nothing is left behind on failure: the archive is written under a temporary name.
     """
+    key = load_private(sign_key) if sign_key is not None else None
     full = store.load()
     chosen = [store.get(full, i) for i in model_ids] if model_ids else full.models
     if not chosen:
@@ -232,7 +245,8 @@ def build_bundle(
     entries, from_base = _entries(store, manifest, base, locks_dir, wheels)
     name = bundle_name(manifest.manifest_version, encrypted=bool(recipients))
     delta = base.manifest_version if base else None
-    entries.insert(0, Entry("INSTALL.txt", data=_install_text(name, manifest, delta).encode()))
+    entries.append(Entry("INSTALL.txt", data=_install_text(name, manifest, delta).encode()))
+    entries.sort(key=_archive_order)
     contents = BundleContents(
         manifest_version=manifest.manifest_version,
         models=[m.id for m in chosen],
@@ -258,7 +272,7 @@ def build_bundle(
     digest = hashlib.file_digest(final.open("rb"), "sha256").hexdigest()
     final.with_name(final.name + ".sha256").write_text(f"{digest}  {final.name}\n")
     signature = None
-    if sign_key is not None:
+    if key is not None:
         signature = final.with_name(final.name + SIGNATURE_SUFFIX)
         statement = {
             "bundle": final.name,
@@ -266,7 +280,7 @@ def build_bundle(
             "contents_sha256": sha256_bytes(contents.to_json().encode()),
             "manifest_version": manifest.manifest_version,
         }
-        sign(statement, sign_key, signature)
+        sign(statement, key, signature)
     return BuildResult(final, digest, final.stat().st_size, contents, signature)
 
 

@@ -1,47 +1,42 @@
-"""Verify, decrypt, safely unpack and atomically switch to a bundle; list and roll back releases.
+"""Install a checked bundle into a target and switch to it atomically; list, roll back, prune.
 
 Layout of a target: `releases/v{N}/` (one per installed bundle), `current` (a symlink to one of
 them, switched with a rename, so a reader sees the old or the new release, never a mix) and
-`.install.lock`. A killed install leaves only a `releases/.staging-*` folder that the next
-install removes (a `releases/v{N}` that a kill left complete but not current is replaced by the
-next install of that bundle); `current` never moves before the new release is verified.
+`.install.lock`. Every change holds the lock, and first removes what killed installs and
+rollbacks left: `releases/.staging-*` folders and `.current-PID` links (no live install can own
+them while the lock is held). A `releases/v{N}` that a kill left complete but not current is
+replaced by the next install of that bundle. `current` only ever moves to a release whose every
+artifact was just verified against its manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import tarfile
-import tempfile
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import pyrage
-import zstandard
-from pydantic import ValidationError
-
-from offline_asr.bundle.build import sha256_bytes
-from offline_asr.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
+from offline_asr.bundle.contents import CONTENTS_NAME, MANIFEST_IN_BUNDLE, BundleFile
 from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.signing import SIGNATURE_SUFFIX, verify
+from offline_asr.bundle.limits import SIDECAR_LIMIT, read_limited
+from offline_asr.bundle.reader import check_bundle
 from offline_asr.errors import OfflineAsrError
+from offline_asr.goldens import GoldenError, verify_manifest_golden
 from offline_asr.locking import exclusive
-from offline_asr.progress import byte_progress
 from offline_asr.registry.integrity import sha256_file, verify_models
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import check_store_path, describe_validation_error
 
-AGE_MAGIC = b"age-encryption.org/v1"
 RELEASE = re.compile(r"^v(\d+)$")
 INFO_NAME = ".bundle-info.json"
-CHUNK = 4 * 1024 * 1024
+STAGING_PREFIX = ".staging-"
+LINK_PREFIX = ".current-"
+_LINK = re.compile(rf"^{re.escape(LINK_PREFIX)}\d+$")
 
 
 @dataclass
@@ -53,200 +48,33 @@ class Release:
     installed_at: str | None
 
 
-def is_encrypted(path: Path) -> bool:
-    with path.open("rb") as stream:
-        return stream.read(len(AGE_MAGIC)) == AGE_MAGIC
-
-
-def check_sidecars(bundle: Path, public_key: Path | None) -> tuple[str, dict[str, Any] | None]:
-    """The sha256 sidecar must match; with a public key, so must the signature.
-
-    Returns the bundle's sha256 and the signed statement (None when no key is configured).
-    """
-    if not bundle.is_file():
-        raise OfflineAsrError(f"{bundle}: no such bundle file")
-    sidecar = bundle.with_name(bundle.name + ".sha256")
-    if not sidecar.is_file():
-        raise BundleError(f"{sidecar.name} is missing: copy it along with the bundle")
-    fields = sidecar.read_text(encoding="utf-8").split()
-    if not fields:
-        raise BundleError(f"{sidecar.name} is empty: copy it again along with the bundle")
-    expected = fields[0].lower()
-    actual = sha256_file(bundle).sha256
-    if actual != expected:
-        raise BundleError(
-            f"{bundle.name} has sha256 {actual}, its .sha256 file says {expected}: the copy is "
-            "truncated or altered; copy it again from the source"
-        )
-    if public_key is None:
-        return actual, None
-    statement = verify(bundle.with_name(bundle.name + SIGNATURE_SUFFIX), public_key)
-    if statement.get("sha256") != actual:
-        raise BundleError(f"the signature of {bundle.name} is for another file")
-    return actual, statement
+def leftovers(target: Path) -> list[Path]:
+    """What killed installs and rollbacks leave: staging folders (which may hold a decrypted
+    bundle) and temporary `current` links."""
+    staging = sorted((target / "releases").glob(f"{STAGING_PREFIX}*"))
+    links = sorted(p for p in target.glob(f"{LINK_PREFIX}*") if _LINK.fullmatch(p.name))
+    return staging + links
 
 
 @contextmanager
-def _plain_archive(bundle: Path, identity: Path | None, scratch: Path) -> Iterator[Path]:
-    """The bundle's tar.zst, decrypted into `scratch` when it is age-encrypted."""
-    if not is_encrypted(bundle):
-        yield bundle
-        return
-    if identity is None:
-        raise OfflineAsrError(f"{bundle.name} is encrypted: pass --identity with the age key")
-    try:
-        keys = [
-            pyrage.x25519.Identity.from_str(line.strip())
-            for line in identity.read_text(encoding="utf-8").splitlines()
-            if line.strip().startswith("AGE-SECRET-KEY-")
-        ]
-    except (OSError, pyrage.IdentityError) as error:
-        raise OfflineAsrError(f"cannot read the age identity {identity}: {error}") from error
-    if not keys:
-        raise OfflineAsrError(f"{identity} holds no AGE-SECRET-KEY line")
-    plain = scratch / "bundle.tar.zst"
-    try:
-        try:
-            pyrage.decrypt_file(str(bundle), str(plain), keys)
-        except pyrage.DecryptError as error:
-            raise BundleError(
-                f"cannot decrypt {bundle.name} with {identity}: it was encrypted to another key"
-            ) from error
-        except OSError as error:
-            raise BundleError(f"cannot decrypt {bundle.name} into {scratch}: {error}") from error
-        yield plain
-    finally:
-        plain.unlink(missing_ok=True)
-
-
-def _member_path(member: tarfile.TarInfo) -> str:
-    if not member.isfile():
-        raise BundleError(f"refusing {member.name!r}: only regular files belong in a bundle")
-    try:
-        return check_store_path(member.name)
-    except ValueError as error:
-        raise BundleError(f"refusing {member.name!r}: {error}") from error
-
-
-def _hash_stream(source: IO[bytes], target: Path | None) -> str:
-    """sha256 of a member, written to `target` on the way when given."""
-    digest = hashlib.sha256()
-    if target is None:
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-        return digest.hexdigest()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("wb") as sink:
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-            sink.write(chunk)
-        sink.flush()
-        os.fsync(sink.fileno())
-    return digest.hexdigest()
-
-
-def _read_contents(tar: tarfile.TarFile) -> tuple[BundleContents, bytes]:
-    first = tar.next()
-    if first is None or first.name != CONTENTS_NAME or not first.isfile():
-        raise BundleError(f"not an offline-asr bundle: its first entry must be {CONTENTS_NAME}")
-    stream = tar.extractfile(first)
-    assert stream is not None
-    raw = stream.read()
-    try:
-        return BundleContents.model_validate_json(raw), raw
-    except ValidationError as error:
-        raise BundleError(
-            f"{CONTENTS_NAME} is not valid:\n{describe_validation_error(error)}"
-        ) from error
-
-
-def _space_needed(contents: BundleContents) -> int:
-    """Bytes the release takes on disk: each file rounded up to 4 KiB blocks, plus 1 MiB."""
-    files = [*contents.files, *contents.from_base]
-    return sum(-(-f.size // 4096) * 4096 for f in files) + (1 << 20)
-
-
-def unpack(
-    archive: Path, out: Path | None, *, free_bytes: int | None = None
-) -> tuple[BundleContents, bytes]:
-    """Stream the archive, checking every entry against bundle.json; write into `out` if given.
-
-    Refuses absolute paths, `..`, links, devices, duplicates and unlisted files, and a bundle
-    that lacks a listed file; with `free_bytes`, refuses one that would not fit.
-    """
-    try:
-        with (
-            archive.open("rb") as raw,
-            zstandard.ZstdDecompressor().stream_reader(raw) as zst,
-            tarfile.open(fileobj=zst, mode="r|") as tar,
-        ):
-            contents, raw_contents = _read_contents(tar)
-            needed = _space_needed(contents)
-            if free_bytes is not None and needed > free_bytes:
-                raise BundleError(
-                    f"not enough disk space: the release needs about {needed:,} bytes, "
-                    f"{free_bytes:,} are free"
-                )
-            listed = {f.path: f for f in contents.files}
-            seen: set[str] = set()
-            with byte_progress(f"unpacking {archive.name}", contents.size) as advance:
-                while (member := tar.next()) is not None:
-                    path = _member_path(member)
-                    if path in seen:
-                        raise BundleError(f"{path} appears twice in the bundle")
-                    if path not in listed:
-                        raise BundleError(f"{path} is in the archive but not in {CONTENTS_NAME}")
-                    seen.add(path)
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    digest = _hash_stream(source, None if out is None else out / path)
-                    advance(member.size)
-                    if digest != listed[path].sha256 or member.size != listed[path].size:
-                        raise BundleError(f"{path} differs from its sha256 in {CONTENTS_NAME}")
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as error:
-        raise BundleError(f"{archive.name} is damaged or truncated: {error}") from error
-    except OSError as error:
-        raise BundleError(
-            f"cannot write the release ({error.strerror}); nothing was switched"
-        ) from error
-    missing = sorted(set(listed) - seen)
-    if missing:
-        raise BundleError(f"the bundle lacks {', '.join(missing)}, which {CONTENTS_NAME} lists")
-    return contents, raw_contents
-
-
-def verify_bundle(
-    bundle: Path, *, public_key: Path | None = None, identity: Path | None = None
-) -> BundleContents | None:
-    """Check hash, signature and (when readable) every file; None if encrypted without identity."""
-    _, statement = check_sidecars(bundle, public_key)
-    if is_encrypted(bundle) and identity is None:
-        return None
-    # Decrypted copies go to a temporary folder: the bundle may sit on read-only media.
-    with (
-        tempfile.TemporaryDirectory(prefix="offline-asr-verify-") as scratch,
-        _plain_archive(bundle, identity, Path(scratch)) as archive,
-    ):
-        contents, raw = unpack(archive, None)
-    _check_signed_contents(statement, raw)
-    return contents
-
-
-def _check_signed_contents(statement: dict[str, Any] | None, raw: bytes) -> None:
-    if statement is not None and sha256_bytes(raw) != statement.get("contents_sha256"):
-        raise BundleError(f"the signed {CONTENTS_NAME} differs from the one in the bundle")
-
-
-def _install_lock(target: Path) -> AbstractContextManager[None]:
+def _locked(target: Path) -> Iterator[list[Path]]:
+    """Hold the install lock, and remove the leftovers of dead installs (yields what went)."""
     busy = OfflineAsrError(
         f"another install or rollback is running on {target}; wait for it to finish"
     )
-    return exclusive(target / ".install.lock", busy)
+    with exclusive(target / ".install.lock", busy):
+        found = leftovers(target)
+        for path in found:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        yield [path for path in found if not os.path.lexists(path)]
 
 
 def switch_current(target: Path, release: Path) -> None:
     """Point `target/current` at `release` with one rename (atomic on POSIX)."""
-    link = target / f".current-{os.getpid()}"
+    link = target / f"{LINK_PREFIX}{os.getpid()}"
     link.unlink(missing_ok=True)
     link.symlink_to(release.relative_to(target))
     link.replace(target / "current")
@@ -255,6 +83,39 @@ def switch_current(target: Path, release: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def release_problems(release: Path, version: int) -> list[str]:
+    """Why the release folder is not a complete, unaltered v{version} (empty: it is).
+
+    Its manifest must be there, valid, of that version and list models; every artifact must
+    match it (sha256 and size), with nothing unlisted in the model folders; every golden file
+    it lists must hold the decoded content it pins.
+    """
+    manifest_path = release / MANIFEST_IN_BUNDLE
+    if not manifest_path.is_file():
+        return [f"{MANIFEST_IN_BUNDLE} is missing"]
+    store = ModelStore(manifest_path)
+    try:
+        manifest = store.load()
+    except OfflineAsrError as error:
+        return [f"{MANIFEST_IN_BUNDLE} cannot be used: {error}"]
+    if manifest.manifest_version != version:
+        return [f"{MANIFEST_IN_BUNDLE} has manifest_version {manifest.manifest_version}, "
+                f"not {version}"]  # fmt: skip
+    if not manifest.models:
+        return [f"{MANIFEST_IN_BUNDLE} lists no models"]
+    problems = [
+        f"models/{problem.path} {problem.problem} ({problem.detail})"
+        for report in verify_models(store.root, manifest.models)
+        for problem in report.problems
+    ]
+    for model in manifest.models:
+        try:
+            verify_manifest_golden(store.root, model)
+        except GoldenError as error:
+            problems.append(str(error))
+    return problems
 
 
 def _take_from_base(base: Path, staging: Path, files: list[BundleFile]) -> None:
@@ -279,21 +140,20 @@ def install_bundle(
     public_key: Path | None = None,
     identity: Path | None = None,
 ) -> Release:
-    """Verify, unpack into staging, check every artifact, then switch `current` to it."""
-    digest, statement = check_sidecars(bundle, public_key)
+    """Check the bundle while unpacking it into staging, verify the release as written, then
+    switch `current` to it."""
     releases = target / "releases"
-    with _install_lock(target):
+    with _locked(target):
         releases.mkdir(parents=True, exist_ok=True)
-        for stale in releases.glob(".staging-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = releases / f".staging-{os.getpid()}"
+        staging = releases / f"{STAGING_PREFIX}{os.getpid()}"
+        replaced = releases / f"{STAGING_PREFIX}replaced-{os.getpid()}"
         staging.mkdir()
         try:
-            with _plain_archive(bundle, identity, staging) as archive:
-                free = shutil.disk_usage(releases).free
-                contents, raw = unpack(archive, staging, free_bytes=free)
-            _check_signed_contents(statement, raw)
-            (staging / CONTENTS_NAME).write_bytes(raw)
+            checked = check_bundle(
+                bundle, public_key=public_key, identity=identity, scratch=staging, out=staging
+            )
+            contents = checked.contents
+            (staging / CONTENTS_NAME).write_bytes(checked.raw_contents)
             if contents.base_manifest_version is not None:
                 base = releases / f"v{contents.base_manifest_version}"
                 if not base.is_dir():
@@ -303,15 +163,13 @@ def install_bundle(
                         "install the full bundle of that version first"
                     )
                 _take_from_base(base, staging, contents.from_base)
-            store = ModelStore(staging / "models" / "manifest.json")
-            broken = [r for r in verify_models(store.root, store.load().models) if not r.ok]
-            if broken:
+            problems = release_problems(staging, contents.manifest_version)
+            if problems:
                 raise BundleError(
-                    "the unpacked release does not match its manifest: "
-                    + "; ".join(f"{p.path} {p.problem}" for r in broken for p in r.problems)
+                    "the unpacked release does not match its manifest: " + "; ".join(problems)
                 )
             (staging / INFO_NAME).write_text(json.dumps({
-                "bundle": bundle.name, "sha256": digest,
+                "bundle": bundle.name, "sha256": checked.sha256,
                 "installed_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }, indent=2) + "\n")  # fmt: skip
             final = releases / f"v{contents.manifest_version}"
@@ -323,13 +181,22 @@ def install_bundle(
                     )
                 # An earlier install died before switching, or it was rolled back from: the
                 # freshly verified copy replaces it.
-                final.rename(releases / f".staging-replaced-{os.getpid()}")
+                final.rename(replaced)
             staging.rename(final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(releases / f".staging-replaced-{os.getpid()}", ignore_errors=True)
+            shutil.rmtree(replaced, ignore_errors=True)
         switch_current(target, final)
     return next(r for r in list_releases(target) if r.version == contents.manifest_version)
+
+
+def _info(release: Path) -> dict[str, Any]:
+    """The release's `.bundle-info.json`, or nothing when it is missing or unreadable."""
+    try:
+        info = json.loads(read_limited(release / INFO_NAME, SIDECAR_LIMIT, "release info"))
+    except (OfflineAsrError, ValueError, RecursionError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def list_releases(target: Path) -> list[Release]:
@@ -340,16 +207,15 @@ def list_releases(target: Path) -> list[Release]:
         match = RELEASE.fullmatch(path.name)
         if match is None or not path.is_dir():
             continue
-        info_path = path / INFO_NAME
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        info = _info(path)
         found.append(Release(int(match[1]), path, path.resolve() == current,
                              info.get("bundle"), info.get("installed_at")))  # fmt: skip
     return sorted(found, key=lambda r: r.version)
 
 
 def rollback(target: Path) -> Release:
-    """Switch `current` to the release before it."""
-    with _install_lock(target):
+    """Switch `current` to the release before it, once every artifact of it is verified."""
+    with _locked(target):
         releases = list_releases(target)
         index = next((i for i, r in enumerate(releases) if r.current), None)
         if index is None:
@@ -357,23 +223,38 @@ def rollback(target: Path) -> Release:
         if index == 0:
             oldest = releases[0].version
             raise OfflineAsrError(f"v{oldest} is the oldest release; nothing to roll back to")
-        switch_current(target, releases[index - 1].path)
+        previous = releases[index - 1]
+        problems = release_problems(previous.path, previous.version)
+        if problems:
+            raise BundleError(
+                f"cannot roll back to v{previous.version}: " + "; ".join(problems)
+                + f". Nothing was switched (current stays v{releases[index].version}); install "
+                "that release's bundle again to replace the damaged copy"
+            )  # fmt: skip
+        switch_current(target, previous.path)
     return next(r for r in list_releases(target) if r.current)
 
 
-def prune(target: Path, keep: int) -> list[int]:
-    """Delete all but the newest `keep` releases (never the current one); returns versions."""
-    with _install_lock(target):
+def prune(target: Path, keep: int) -> tuple[list[int], list[Path]]:
+    """Delete all but the newest `keep` releases (never the current one), and the leftovers of
+    killed installs; returns the versions and leftovers removed."""
+    with _locked(target) as removed:
         releases = list_releases(target)
         doomed = [r for r in releases[: max(0, len(releases) - keep)] if not r.current]
         for release in doomed:
             shutil.rmtree(release.path)
-    return [r.version for r in doomed]
+    return [r.version for r in doomed], removed
 
 
 def target_manifest(target: Path) -> Path:
     """`--target DIR` means DIR/current/models/manifest.json."""
-    manifest = target / "current" / "models" / "manifest.json"
-    if not manifest.is_file():
+    current = target / "current"
+    manifest = current / MANIFEST_IN_BUNDLE
+    if manifest.is_file():
+        return manifest
+    if not current.is_symlink():
         raise OfflineAsrError(f"{target} has no current release: install a bundle into it first")
-    return manifest
+    raise OfflineAsrError(
+        f"{manifest} is missing: the current release of {target} is incomplete; run "
+        "`offline-asr bundle rollback --target` or install its bundle again"
+    )

@@ -22,6 +22,7 @@ from offline_asr.progress import Advance, byte_progress
 from offline_asr.registry import sources
 from offline_asr.registry.catalog import variant_defaults
 from offline_asr.registry.gigaam_check import check_gigaam_folder
+from offline_asr.registry.changes import NEW, PREVIOUS, Journal, recover, work_folder, write_journal
 from offline_asr.registry.integrity import checksum_text, verify_models
 from offline_asr.registry.layouts import (
     WHISPER_CT2,
@@ -30,7 +31,7 @@ from offline_asr.registry.layouts import (
     ctranslate2_weight_dtype,
     gigaam_layout,
 )
-from offline_asr.registry.store import ModelStore, diff_model
+from offline_asr.registry.store import ModelStore, diff_model, restore_files
 from offline_asr.schemas import (
     ENGINES,
     MODEL_ID,
@@ -293,11 +294,10 @@ def prepare_model(
     """
     model_id = request.model_id or f"{request.engine}-{request.variant}"
     _validate(request, model_id)
-    with store.locked():
-        manifest = store.load()
-        staging = store.staging / f"{model_id}.{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+    with store.locked(create=True):
+        manifest = store.load(missing_ok=True)
+        recover(store, manifest)
+        staging = work_folder(store, model_id)
         try:
             offered = _fetch(request, staging)
             converted = offered.layout.format == "transformers"
@@ -305,12 +305,12 @@ def prepare_model(
                 offered = _convert_transformers(
                     offered, request.quantization or "float16", staging / "converted"
                 )
-            digests = copy_into(offered, staging / "model")
+            digests = copy_into(offered, staging / NEW)
             if request.engine == "gigaam":
                 check_gigaam_folder(
-                    staging / "model", request.variant, request.quantization, offered.where
+                    staging / NEW, request.variant, request.quantization, offered.where
                 )
-            new = _entry(request, converted, model_id, offered, digests, staging / "model")
+            new = _entry(request, converted, model_id, offered, digests, staging / NEW)
             if must_match is not None:
                 _check_match(must_match, new)
             result = _install(
@@ -335,29 +335,35 @@ def _install(
     clash = next((m for m in manifest.models if m.path == new.path and m.id != new.id), None)
     if clash is not None:
         raise StoreError(f"folder {new.path} already belongs to model {clash.id!r}")
-    (staging / "model" / CHECKSUM_NAME).write_text(checksum_text(new), encoding="utf-8")
+    (staging / NEW / CHECKSUM_NAME).write_text(checksum_text(new), encoding="utf-8")
     smoke_missing = smoke and new.smoke is None
     unchanged = diff_model(old, new) is None and not smoke_missing
     if unchanged and all(r.ok for r in verify_models(store.root, [new])):
         return PrepareResult(new, manifest.manifest_version, registered=False, restored=False)
     target = store.root / new.path
-    previous = staging / "previous"
+    previous = staging / PREVIOUS
+    write_journal(staging, Journal(model_id=new.id, folder=new.path, after=new.artifacts))
     if target.exists():
         target.rename(previous)
+    old_goldens: dict[Path, bytes | None] = {}
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        (staging / "model").rename(target)
+        (staging / NEW).rename(target)
+        golden: str | None = None
         if smoke_missing:
             from offline_asr.smoke import record_smoke  # loads the engines: only when needed
 
-            recorded = record_smoke(store, new, manifest.manifest_version + 1)
-            new = new.model_copy(update={"smoke": recorded})
+            recorded, golden_file = record_smoke(store, new, manifest.manifest_version + 1)
+            new, golden = new.model_copy(update={"smoke": recorded}), golden_file.to_json()
         change = diff_model(old, new)
         if change is None:
             return PrepareResult(new, manifest.manifest_version, registered=False, restored=True)
+        if golden is not None or new.smoke is None:  # a new golden, or none for new weights
+            old_goldens = store.replace_goldens({new.id: golden})
         models = sorted([m for m in manifest.models if m.id != new.id] + [new], key=lambda m: m.id)
         updated = store.save(manifest.model_copy(update={"models": models}), [change])
     except BaseException:
+        restore_files(old_goldens)
         shutil.rmtree(target, ignore_errors=True)
         if previous.exists():
             previous.rename(target)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from offline_asr.constants import CHANGELOG_NAME, LOCK_NAME, STAGING_DIR
+from offline_asr.constants import CHANGELOG_NAME, GOLDENS_DIR, LOCK_NAME, MANIFEST_ENV, STAGING_DIR
 from offline_asr.errors import ManifestError, ModelNotFoundError, StoreError
 from offline_asr.locking import exclusive
 from offline_asr.schemas import Manifest, ModelMetadata, describe_validation_error
@@ -48,9 +47,11 @@ def diff_model(old: ModelMetadata | None, new: ModelMetadata | None) -> Manifest
             )
     if old.smoke != new.smoke and new.smoke is not None:
         golden = old.smoke.golden_sha256 if old.smoke else "none"
+        klass = ", ".join(f"{key}={value}" for key, value in new.smoke.golden_class.items())
         details.append(
             f"smoke test on `{new.smoke.audio}`: golden sha256 {golden} -> "
             f"{new.smoke.golden_sha256}"
+            + (f" (`{new.smoke.golden}`, class {klass})" if new.smoke.golden else "")
         )
     for name in sorted(type(new).model_fields):
         if name not in ("artifacts", "smoke") and getattr(old, name) != getattr(new, name):
@@ -58,8 +59,25 @@ def diff_model(old: ModelMetadata | None, new: ModelMetadata | None) -> Manifest
     return ManifestChange("updated", new.id, details)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over the target."""
+def golden_path(model_id: str) -> str:
+    """The manifest's golden output of a model, relative to the store."""
+    return f"{GOLDENS_DIR}/{model_id}.json"
+
+
+def restore_files(previous: dict[Path, bytes | None]) -> None:
+    """Put back what `ModelStore.replace_goldens` replaced."""
+    for path, data in previous.items():
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, data.decode("utf-8"))
+
+
+def write_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename over the target.
+
+    The file gets `mode`, or by default what the umask allows.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -67,7 +85,7 @@ def write_atomic(path: Path, text: str) -> None:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
-        Path(tmp).chmod(0o666 & ~_umask())
+        Path(tmp).chmod(0o666 & ~_umask() if mode is None else mode)
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -77,6 +95,30 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def parse_manifest(raw: bytes, where: Path) -> Manifest:
+    """Decode, parse and validate manifest bytes; every problem is a `ManifestError` (exit 2)."""
+    restore = f"Restore {where} from git or from the bundle."
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ManifestError(
+            f"{where} is not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start}). "
+            + restore
+        ) from error
+    try:
+        return Manifest.model_validate(json.loads(text))
+    except json.JSONDecodeError as error:
+        raise ManifestError(
+            f"{where} is not valid JSON (line {error.lineno}, column {error.colno}: "
+            f"{error.msg}). {restore}"
+        ) from error
+    except RecursionError as error:
+        raise ManifestError(f"{where} is nested too deeply to be a manifest. {restore}") from error
+    except ValidationError as error:
+        problems = describe_validation_error(error)
+        raise ManifestError(f"{where} breaks the manifest schema:\n{problems}") from error
 
 
 def _umask() -> int:
@@ -98,26 +140,55 @@ class ModelStore:
     def staging(self) -> Path:
         return self.root / STAGING_DIR
 
-    def load(self) -> Manifest:
-        """Read and validate the manifest; a missing file is an empty registry."""
-        if not self.manifest_path.exists():
-            return Manifest()
+    def golden_file(self, model_id: str) -> Path:
+        """Where the manifest's golden output of a model lives (`smoke.golden`)."""
+        return self.root / golden_path(model_id)
+
+    def replace_goldens(self, texts: dict[str, str | None]) -> dict[Path, bytes | None]:
+        """Write (or, for None, delete) the golden files of these models; returns the old bytes
+        for `restore_files`, should the manifest that lists them fail to save."""
+        previous: dict[Path, bytes | None] = {}
+        for model_id, text in texts.items():
+            path = self.golden_file(model_id)
+            previous[path] = path.read_bytes() if path.is_file() else None
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_atomic(path, text)
+        return previous
+
+    def load(self, *, missing_ok: bool = False) -> Manifest:
+        """Read and validate the manifest.
+
+        A missing file is bad input (a verdict about a store that is not there would be about
+        nothing), except with `missing_ok`: a preparation may create the store.
+        """
         try:
-            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ManifestError(
-                f"{self.manifest_path} is not valid JSON (line {error.lineno}, column "
-                f"{error.colno}: {error.msg}). Restore it from git or from the bundle."
-            ) from error
+            raw = self.manifest_path.read_bytes()
+        except FileNotFoundError:
+            if missing_ok:
+                return Manifest()
+            raise self._missing() from None
         except OSError as error:
             raise ManifestError(f"cannot read {self.manifest_path}: {error.strerror}") from error
-        try:
-            return Manifest.model_validate(data)
-        except ValidationError as error:
-            problems = describe_validation_error(error)
+        return parse_manifest(raw, self.manifest_path)
+
+    def _missing(self) -> ManifestError:
+        return ManifestError(
+            f"{self.manifest_path} does not exist. Name the manifest of your model store with "
+            f"--manifest PATH (or {MANIFEST_ENV}), install an offline bundle (`offline-asr "
+            "bundle install`), or register a first model with `offline-asr models prepare`."
+        )
+
+    def load_models(self, purpose: str) -> Manifest:
+        """The manifest, refusing one that lists no models: `purpose` would check nothing."""
+        manifest = self.load()
+        if not manifest.models:
             raise ManifestError(
-                f"{self.manifest_path} breaks the manifest schema:\n{problems}"
-            ) from error
+                f"{self.manifest_path} lists no models: nothing to {purpose}. Register one "
+                "with `offline-asr models prepare` or install an offline bundle."
+            )
+        return manifest
 
     def get(self, manifest: Manifest, model_id: str) -> ModelMetadata:
         model = manifest.get(model_id)
@@ -129,8 +200,18 @@ class ModelStore:
             )
         return model
 
-    def locked(self) -> AbstractContextManager[None]:
-        """Hold the store's write lock; a second writer fails at once instead of racing."""
+    def select(self, manifest: Manifest, model_ids: list[str]) -> list[ModelMetadata]:
+        """The entries with these ids, in this order (one pass over the manifest)."""
+        index = {model.id: model for model in manifest.models}
+        return [index.get(i) or self.get(manifest, i) for i in model_ids]
+
+    def locked(self, *, create: bool = False) -> AbstractContextManager[None]:
+        """Hold the store's write lock; a second writer fails at once instead of racing.
+
+        Without `create`, a store whose manifest does not exist is refused, not created.
+        """
+        if not create and not self.manifest_path.exists():
+            raise self._missing()
         busy = StoreError(f"another offline-asr process is changing {self.root}; wait for it")
         return exclusive(self.root / LOCK_NAME, busy)
 
@@ -169,26 +250,3 @@ class ModelStore:
         index = text.find("\n## ")
         text = text + entry if index < 0 else text[: index + 1] + entry + text[index + 1 :]
         write_atomic(self.changelog_path, text)
-
-
-def remove_model(store: ModelStore, model_id: str) -> Manifest:
-    """Drop a model's entry and files; the folder is moved aside first and restored on failure."""
-    with store.locked():
-        manifest = store.load()
-        model = store.get(manifest, model_id)
-        folder = store.root / model.path
-        trash = store.staging / f"removed-{model_id}.{os.getpid()}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        if folder.exists():
-            folder.rename(trash)
-        try:
-            remaining = [m for m in manifest.models if m.id != model_id]
-            change = diff_model(model, None)
-            assert change is not None
-            updated = store.save(manifest.model_copy(update={"models": remaining}), [change])
-        except BaseException:
-            if trash.exists():
-                trash.rename(folder)
-            raise
-        shutil.rmtree(trash, ignore_errors=True)
-        return updated

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import math
-import re
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,11 +21,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offline_asr import __version__
 from offline_asr.asr.base import DecodeOptions, Segment, TranscriptionResult
+from offline_asr.audit import AuditLog
 from offline_asr.errors import OfflineAsrError
 from offline_asr.formats import render
 from offline_asr.service.admission import Admission, QueueFullError
+from offline_asr.service.audit_trail import AuditTrail, facts_of
 from offline_asr.service.docs import add_docs
 from offline_asr.service.errors import ApiError, error_body, from_domain, install_handlers
+from offline_asr.service.jobs import Job, Reason, admitted, take_upload, watching_disconnect
+from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
 from offline_asr.service.settings import ServiceSettings
@@ -36,8 +37,6 @@ from offline_asr.service.settings import ServiceSettings
 STATIC = Path(__file__).resolve().parent / "static"
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 MEDIA_TYPES = {"json": "application/json", "verbose_json": "application/json"}
-# A client's own X-Request-ID is kept when it is a plain token; anything else is replaced.
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Multipart framing and the other form fields on top of the file itself.
 FORM_OVERHEAD = 64 * 1024
 
@@ -96,22 +95,23 @@ class UploadLimit:
 
 
 async def authorize(request: Request) -> str | None:
-    """Bearer keys when configured; returns a short id of the key for the audit log."""
-    keys: list[bytes] = request.app.state.api_keys
-    if not keys:
+    """Bearer keys when configured; returns the key's id in the audit log."""
+    keys: KeyRing = request.app.state.keys
+    if not keys.required:
         return None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    given = token.strip().encode()
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, key) for key in keys):
+    key_id = keys.identify(request.headers.get("authorization", ""))
+    if key_id is None:
         message = "missing or invalid API key (Authorization: Bearer KEY)"
         raise ApiError(401, message, code="invalid_api_key")
-    return hashlib.sha256(given).hexdigest()[:8]
+    return key_id
 
 
 ApiKeyId = Annotated[str | None, Depends(authorize)]
 
 
-def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> FastAPI:
+def create_app(
+    settings: ServiceSettings, pool: ModelPool, metrics: Metrics, *, audit: AuditLog, keys: KeyRing
+) -> FastAPI:
     """Build the app around a pool whose models were verified and loaded already."""
 
     @asynccontextmanager
@@ -138,21 +138,8 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
     )
     add_docs(app)
     admission = Admission(settings.max_concurrency, settings.max_queue, metrics)
-    app.state.api_keys = [key.encode() for key in settings.all_api_keys()]
+    app.state.keys = keys
     install_handlers(app)
-
-    @app.middleware("http")
-    async def request_context(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        request.state.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        request.state.model = "unknown"
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        if request.url.path.startswith("/v1/audio/"):
-            metrics.requests.labels(request.state.model, str(response.status_code)).inc()
-        return response
 
     async def transcribe(
         request: Request,
@@ -161,69 +148,77 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
         options: DecodeOptions,
         response_format: ResponseFormat,
         stream: bool,
-        key_id: str | None,
     ) -> Response:
         pool.check(model)
         request.state.model = model  # only registered ids become metric labels
-        try:
-            await admission.acquire()
-        except QueueFullError:
-            retry = max(1, math.ceil(settings.max_queue / settings.max_concurrency))
-            raise ApiError(
-                429, "the server is busy; retry later", type_="rate_limit_exceeded",
-                code="queue_full", headers={"Retry-After": str(retry)},
-            ) from None  # fmt: skip
-        loop = asyncio.get_running_loop()
-        segments: asyncio.Queue[Segment | None] = asyncio.Queue()
-        context = {
-            "request_id": request.state.request_id,
-            "client": request.client.host if request.client else "unknown",
-            "api_key_id": key_id,
-        }
-
-        def work() -> TranscriptionResult:
-            def on_segment(segment: Segment) -> None:
-                loop.call_soon_threadsafe(segments.put_nowait, segment)
-
-            transcriber = pool.get(model)
-            return transcriber.transcribe_stream(
-                file.file, file.filename or "upload", options, on_segment, **context
-            )
-
-        started = loop.time()
-        job = asyncio.ensure_future(asyncio.to_thread(work))
-        job.add_done_callback(lambda _: admission.release())  # the slot is free only when done
-        job.add_done_callback(lambda _: loop.call_soon(segments.put_nowait, None))
-
-        def observe(result: TranscriptionResult) -> None:
-            metrics.latency.labels(model).observe(loop.time() - started)
-            metrics.audio_seconds.labels(model).inc(result.duration)
-
-        deadline = started + settings.request_timeout_s
-
-        def timed_out() -> ApiError:
-            message = f"transcription took longer than {settings.request_timeout_s} s"
-            return ApiError(504, message, type_="server_error", code="timeout")
-
-        if stream:
-            # Wait for the first segment (or the end) so that bad input still gets a 4xx status.
+        facts = facts_of(request.scope)
+        facts.update({"model_id": model})
+        async with watching_disconnect(request.receive) as left:
             try:
-                first = await asyncio.wait_for(segments.get(), deadline - loop.time())
-            except TimeoutError:
-                raise timed_out() from None
+                if not await admitted(admission, left):
+                    facts.update({"cancelled": "client_disconnected"})
+                    raise client_left()
+            except QueueFullError:
+                retry = max(1, math.ceil(settings.max_queue / settings.max_concurrency))
+                raise ApiError(
+                    429, "the server is busy; retry later", type_="rate_limit_exceeded",
+                    code="queue_full", headers={"Retry-After": str(retry)},
+                ) from None  # fmt: skip
+            loop = asyncio.get_running_loop()
+            segments: asyncio.Queue[Segment | None] = asyncio.Queue()
+            upload = take_upload(file)
+
+            def work(cancel: threading.Event) -> TranscriptionResult:
+                def on_segment(segment: Segment) -> None:
+                    loop.call_soon_threadsafe(segments.put_nowait, segment)
+
+                return pool.get(model).transcribe_stream(
+                    upload, file.filename or "upload", options, on_segment, cancel=cancel,
+                    on_fields=facts.update,
+                )  # fmt: skip
+
+            def ended() -> None:
+                upload.close()
+                loop.call_soon(segments.put_nowait, None)
+
+            started = loop.time()
+            job = Job(
+                work, request_id=request.state.request_id, facts=facts, admission=admission,
+                metrics=metrics, audit=audit, on_end=ended,
+            )  # fmt: skip
+
+            def observe(result: TranscriptionResult) -> None:
+                metrics.latency.labels(model).observe(loop.time() - started)
+                metrics.audio_seconds.labels(model).inc(result.duration)
+
+            deadline = started + settings.request_timeout_s
+
+            def timed_out() -> ApiError:
+                message = f"transcription took longer than {settings.request_timeout_s} s"
+                return ApiError(504, message, type_="server_error", code="timeout")
+
+            # Streamed, wait for the first segment (or the end) so that bad input still gets a 4xx.
+            first_segment = asyncio.ensure_future(segments.get()) if stream else None
+            waited: asyncio.Future[Any] = first_segment or job.future
+            await asyncio.wait(
+                {waited, left}, timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )  # fmt: skip
+            if not waited.done():
+                if first_segment is not None:
+                    first_segment.cancel()  # never the job's future: its thread would go on
+                reason: Reason = "client_disconnected" if left.done() else "timeout"
+                job.cancel(reason)
+                raise client_left() if left.done() else timed_out()
+            if first_segment is None:
+                result = job.future.result()  # raises the error, if any, through the handlers
+                observe(result)
+                body = render(result, response_format)
+                return Response(body, media_type=MEDIA_TYPES.get(response_format, "text/plain"))
+            first = first_segment.result()
             if first is None:
-                job.result()  # raises the error, if any, through the handlers
-            return StreamingResponse(
-                _events(first, job, segments, observe, deadline),
-                media_type="text/event-stream",
-            )
-        try:
-            result = await asyncio.wait_for(asyncio.shield(job), deadline - loop.time())
-        except TimeoutError:
-            raise timed_out() from None
-        observe(result)
-        body = render(result, response_format)
-        return Response(body, media_type=MEDIA_TYPES.get(response_format, "text/plain"))
+                job.future.result()  # raises the error, if any, through the handlers
+            return JobStream(_events(first, job, segments, observe, deadline), job)
 
     def decode_options(
         task: Literal["transcribe", "translate"],
@@ -261,7 +256,7 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
         options = decode_options(
             "transcribe", language, prompt, temperature, list(timestamp_granularities or [])
         )
-        return await transcribe(request, file, model, options, response_format, stream, key_id)
+        return await transcribe(request, file, model, options, response_format, stream)
 
     @app.post("/v1/audio/translations", response_model=None)
     async def create_translation(
@@ -275,7 +270,7 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
     ) -> Response:
         """Translate speech into English text (Whisper models)."""
         options = decode_options("translate", None, prompt, temperature, [])
-        return await transcribe(request, file, model, options, response_format, False, key_id)
+        return await transcribe(request, file, model, options, response_format, False)
 
     @app.get("/v1/models")
     async def list_models(key_id: ApiKeyId) -> dict[str, Any]:
@@ -310,12 +305,13 @@ def create_app(settings: ServiceSettings, pool: ModelPool, metrics: Metrics) -> 
             allow_headers=["Authorization", "Content-Type"],
         )  # fmt: skip
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes + FORM_OVERHEAD)
+    app.add_middleware(AuditTrail, audit=audit, metrics=metrics, keys=keys)  # sees every answer
     return app
 
 
 async def _events(
     first: Segment | None,
-    job: asyncio.Future[TranscriptionResult],
+    job: Job,
     segments: asyncio.Queue[Segment | None],
     observe: Callable[[TranscriptionResult], None],
     deadline: float,
@@ -334,11 +330,12 @@ async def _events(
         try:
             segment = await asyncio.wait_for(segments.get(), deadline - loop.time())
         except TimeoutError:
+            job.cancel("timeout")
             message = "transcription ran past the request time limit"
             yield _event(error_body(message, "server_error", None, "timeout"))
             return
     try:
-        result = job.result()
+        result = job.future.result()
     except OfflineAsrError as error:
         api = from_domain(error)
         yield _event(error_body(api.message, api.type, api.param, api.code))
@@ -346,6 +343,26 @@ async def _events(
     observe(result)
     usage = {"type": "duration", "seconds": math.ceil(result.duration)}
     yield _event({"type": "transcript.text.done", "text": result.text, "usage": usage})
+
+
+class JobStream(StreamingResponse):
+    """Server-sent events of a job; however the response ends (the client left, even before
+    the first event), a job still running is stopped."""
+
+    def __init__(self, events: AsyncIterator[str], job: Job) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self.job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel("client_disconnected")  # no-op when done or already stopping
+
+
+def client_left() -> ApiError:
+    """For the record: the client is gone, so nobody receives this answer."""
+    return ApiError(499, "the client closed the connection", code="client_disconnected")
 
 
 def _event(payload: dict[str, Any]) -> str:

@@ -9,8 +9,14 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "offline_asr_requests", "Transcription requests by model and HTTP status",
+            "offline_asr_requests",
+            "Transcription requests by model and HTTP status (`disconnected`: no answer sent)",
             ["model", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.cancelled = Counter(
+            "offline_asr_cancelled",
+            "Transcriptions stopped before the end: the client left, or the time limit passed",
+            ["reason"], registry=self.registry,
         )  # fmt: skip
         self.audio_seconds = Counter(
             "offline_asr_audio_seconds", "Seconds of audio transcribed", ["model"],

@@ -10,7 +10,6 @@ from typing import Any
 from offline_asr.asr.base import fingerprint
 from offline_asr.asr.router import AUTO_MODEL
 from offline_asr.audio import AudioLimits
-from offline_asr.audit import AuditLog
 from offline_asr.errors import ModelNotFoundError
 from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.store import ModelStore
@@ -33,7 +32,6 @@ class ModelPool:
         self,
         store: ModelStore,
         *,
-        audit: AuditLog,
         limits: AudioLimits,
         metrics: Metrics,
         lazy_load: bool,
@@ -42,7 +40,7 @@ class ModelPool:
     ) -> None:
         self.store = store
         self.manifest: Manifest = store.load()
-        self.audit, self.limits, self.metrics = audit, limits, metrics
+        self.limits, self.metrics = limits, metrics
         self.lazy_load, self.idle_unload_s = lazy_load, idle_unload_s
         self.engine_options = engine_options
         self._loaded: dict[str, Loaded] = {}
@@ -51,7 +49,7 @@ class ModelPool:
 
     def _load(self, model_id: str, preloaded: bool) -> Loaded:
         transcriber = Transcriber(
-            self.store, model_id, audit=self.audit, limits=self.limits, **self.engine_options
+            self.store, model_id, audit=None, limits=self.limits, **self.engine_options
         )
         loaded = Loaded(transcriber, preloaded, time.monotonic())
         self._loaded[model_id] = loaded

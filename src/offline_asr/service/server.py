@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import secrets
+import sys
+
 from fastapi import FastAPI
 
 from offline_asr.audio import AudioLimits
-from offline_asr.audit import AuditLog
+from offline_asr.audit import SECRET_BYTES, AuditLog, load_secret
 from offline_asr.offline import go_offline
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.app import create_app
+from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
 from offline_asr.service.settings import ServiceSettings
@@ -18,9 +22,9 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     """Verify and load every model named in the settings; raises before any port is bound."""
     go_offline()
     metrics = Metrics()
+    keys = key_ring(settings)
     pool = ModelPool(
         ModelStore(settings.manifest),
-        audit=AuditLog(settings.audit_log, include_text=settings.audit_text),
         limits=AudioLimits(settings.max_upload_bytes, settings.max_audio_seconds),
         metrics=metrics,
         lazy_load=settings.lazy_load,
@@ -28,7 +32,35 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         threads=settings.threads,
     )
     pool.preload(settings.models)
-    return create_app(settings, pool, metrics)
+    audit = AuditLog(settings.audit_log, include_text=settings.audit_text)
+    return create_app(settings, pool, metrics, audit=audit, keys=keys)
+
+
+def key_ring(settings: ServiceSettings) -> KeyRing:
+    """The API keys with their audit ids; the secret is read (or made) only when keys are set.
+
+    The start-up log names each key's id (never the key), in the order configured.
+    """
+    keys = settings.all_api_keys()
+    if not keys:
+        return KeyRing([], b"")
+    path = settings.audit_secret_path()
+    if path is None:
+        _say(
+            "no place for the audit secret (set OFFLINE_ASR_AUDIT_LOG or "
+            "OFFLINE_ASR_AUDIT_SECRET_FILE): API key ids in the audit log change at every start"
+        )
+        secret = secrets.token_bytes(SECRET_BYTES)
+    else:
+        secret = load_secret(path)
+    ring = KeyRing(keys, secret)
+    for number, ident in enumerate(ring.ids, start=1):
+        _say(f"API key {number} of {len(keys)} appears in the audit log as {ident}")
+    return ring
+
+
+def _say(message: str) -> None:
+    print(f"offline-asr: {message}", file=sys.stderr, flush=True)
 
 
 def serve(settings: ServiceSettings) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -15,8 +15,15 @@ from pydantic_settings import (
 )
 
 from offline_asr.constants import DEFAULT_MANIFEST
+from offline_asr.errors import OfflineAsrError
 
 CommaList = Annotated[list[str], NoDecode]
+# A keys file is a short list of secrets; anything larger is a mistake, never read whole.
+MAX_KEYS_FILE_BYTES = 64 * 1024
+
+
+class SettingsError(OfflineAsrError):
+    """A setting is malformed, or present but empty where empty would turn a check off."""
 
 
 def _env(*names: str) -> AliasChoices:
@@ -76,13 +83,32 @@ class ServiceSettings(BaseSettings):
         None, validation_alias=_env("audit_log", "OFFLINE_ASR_AUDIT_LOG")
     )
     audit_text: bool = Field(False, validation_alias=_env("audit_text", "OFFLINE_ASR_AUDIT_TEXT"))
+    audit_secret_file: Path | None = Field(
+        None,
+        validation_alias=_env("audit_secret_file", "OFFLINE_ASR_AUDIT_SECRET_FILE"),
+        description="Secret for the API key ids in the audit log (default: beside the log)",
+    )
     threads: int = Field(0, ge=0, validation_alias=_env("threads", "OFFLINE_ASR_THREADS"))
 
     @field_validator("models", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
+        """Comma-separated text to a list; set but naming nothing is an error, not "none"."""
+        if not isinstance(value, str):
+            return value
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if not items:
+            raise ValueError("is set but names nothing: give a value, or leave it unset")
+        return items
+
+    @field_validator(
+        "manifest", "api_keys_file", "audit_log", "audit_secret_file", "host", mode="before"
+    )
+    @classmethod
+    def _not_blank(cls, value: Any) -> Any:
+        """An empty path would mean the current folder; an empty host, every interface."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is set but empty: give a value, or leave it unset")
         return value
 
     @classmethod
@@ -105,14 +131,64 @@ class ServiceSettings(BaseSettings):
         cls.config_file = config_file
         try:
             return cls(**{name: value for name, value in flags.items() if value is not None})
+        except ValidationError as error:
+            raise SettingsError(
+                f"the server's settings are not valid:\n{cls._describe(error)}"
+            ) from error
         finally:
             cls.config_file = None
 
+    @classmethod
+    def _describe(cls, error: ValidationError) -> str:
+        """One line per problem naming the config key and its environment variable."""
+        lines = []
+        for item in error.errors():
+            name = str(item["loc"][0]) if item["loc"] else "(settings)"
+            field = cls.model_fields.get(name)
+            alias = field.validation_alias if field is not None else None
+            names = alias.choices if isinstance(alias, AliasChoices) else [name]
+            where = " / ".join(str(choice) for choice in names)
+            lines.append(f"  {where}: {item['msg'].removeprefix('Value error, ')}")
+        return "\n".join(lines)
+
+    def audit_secret_path(self) -> Path | None:
+        """`audit_secret_file`, else `<audit_log>.secret`, else None (no place to keep one)."""
+        if self.audit_secret_file is not None:
+            return self.audit_secret_file
+        if self.audit_log is not None:
+            return self.audit_log.with_name(self.audit_log.name + ".secret")
+        return None
+
     def all_api_keys(self) -> list[str]:
-        """Keys from the setting and from the keys file (one per line, # comments)."""
+        """Keys from the setting and from the keys file (one per line, # comments).
+
+        A keys file that cannot be read, is too large or holds no key stops the start: reading
+        it as "no keys" would serve without authentication.
+        """
         keys = list(self.api_keys)
-        if self.api_keys_file is not None:
-            for line in self.api_keys_file.read_text(encoding="utf-8").splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    keys.append(line.strip())
-        return keys
+        if self.api_keys_file is None:
+            return keys
+        path = self.api_keys_file
+        try:
+            with path.open("rb") as stream:
+                data = stream.read(MAX_KEYS_FILE_BYTES + 1)
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise SettingsError(f"cannot read the API keys file {path}: {reason}") from error
+        if len(data) > MAX_KEYS_FILE_BYTES:
+            raise SettingsError(
+                f"the API keys file {path} is larger than {MAX_KEYS_FILE_BYTES:,} bytes; "
+                "it should hold one key per line"
+            )
+        found = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        if not found:
+            raise SettingsError(
+                f"the API keys file {path} holds no key (one per line, # for comments); "
+                "an empty file would turn authentication off"
+            )
+        return keys + found
