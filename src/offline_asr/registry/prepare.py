@@ -21,8 +21,8 @@ from offline_asr.errors import IntegrityError, SourceError, StoreError
 from offline_asr.progress import Advance, byte_progress
 from offline_asr.registry import sources
 from offline_asr.registry.catalog import variant_defaults
-from offline_asr.registry.gigaam_check import check_gigaam_folder
 from offline_asr.registry.changes import NEW, PREVIOUS, Journal, recover, work_folder, write_journal
+from offline_asr.registry.gigaam_check import check_gigaam_folder
 from offline_asr.registry.integrity import checksum_text, verify_models
 from offline_asr.registry.layouts import (
     WHISPER_CT2,
