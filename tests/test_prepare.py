@@ -195,27 +195,25 @@ def test_hub_source_pins_the_branch_to_its_commit_and_fetches_only_needed_files(
 
 
 def test_hub_gigaam_repo_with_many_variants_gives_only_the_asked_one(
-    store: ModelStore, cli: Cli, tmp_path: Path
+    store: ModelStore, cli: Cli, published_export: Path
 ) -> None:
-    repo = tmp_path / "gigaam-v3-onnx"
-    from offline_asr.testmodel import write_gigaam_test_model
-
-    write_gigaam_test_model(repo)
-    for part in ("encoder", "decoder", "joint"):
-        (repo / f"v3_rnnt_{part}.onnx").write_bytes(b"other variant")
-    with FakeHub(repo, "istupakov/gigaam-v3-onnx") as hub:
-        result = cli(*PREPARE, "--engine", "gigaam", "--variant", "v3-ctc", "--no-smoke",
-                     "--hf-endpoint", hub.endpoint)  # fmt: skip
+    """The published export holds every layout in float32 and int8: the recommended
+    end-to-end RNN-T in int8 fetches its five files and nothing else."""
+    with FakeHub(published_export, "istupakov/gigaam-v3-onnx") as hub:
+        result = cli(*PREPARE, "--engine", "gigaam", "--variant", "v3-e2e-rnnt", "--no-smoke",
+                     "--quantization", "int8", "--hf-endpoint", hub.endpoint)  # fmt: skip
         assert result.exit_code == 0, result.stderr
-        assert not hub.file_requests("v3_rnnt_encoder.onnx")
-    model = store.load().get("gigaam-v3-ctc")
+        wanted = {
+            "config.json",
+            "v3_e2e_rnnt_vocab.txt",
+            *(f"v3_e2e_rnnt_{part}.int8.onnx" for part in ("encoder", "decoder", "joint")),
+        }
+        fetched = {p.name for p in published_export.iterdir() if hub.file_requests(p.name, "GET")}
+        assert fetched == wanted
+    model = store.load().get("gigaam-v3-e2e-rnnt")
     assert model is not None
-    assert model.source.repo == "istupakov/gigaam-v3-onnx"
-    assert sorted(model.relative_name(a) for a in model.artifacts) == [
-        "config.json",
-        "v3_ctc.onnx",
-        "v3_vocab.txt",
-    ]
+    assert model.source.repo == "istupakov/gigaam-v3-onnx" and model.precision == "int8"
+    assert sorted(model.relative_name(a) for a in model.artifacts) == sorted(wanted)
 
 
 # --- bad input: exit 2 and the store exactly as it was ------------------------------------

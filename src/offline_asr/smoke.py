@@ -40,6 +40,7 @@ from offline_asr.goldens import (
     verify_manifest_golden,
     write_golden,
 )
+from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.integrity import verify_models
 from offline_asr.registry.store import ModelStore, diff_model, golden_path, restore_files
 from offline_asr.schemas import Manifest, ModelMetadata, SmokeTest
@@ -95,7 +96,7 @@ def default_smoke(model: ModelMetadata) -> SmokeTest:
     """English clip for Whisper, Russian for GigaAM; no WER bound for a structural test model."""
     name = "en_short.wav" if model.engine == "whisper" else "ru_short.wav"
     references = json.loads((CLIPS_DIR / "references.json").read_text(encoding="utf-8"))
-    is_test_model = model.variant.endswith("-testtiny")
+    is_test_model = is_structural_test_model(model)
     return SmokeTest(
         audio=name,
         audio_sha256=hashlib.sha256((CLIPS_DIR / name).read_bytes()).hexdigest(),

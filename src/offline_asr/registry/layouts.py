@@ -11,11 +11,13 @@ import struct
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 from offline_asr.errors import SourceError
 
 Format = Literal["ctranslate2", "onnx", "transformers"]
+GigaamKind = Literal["ctc", "rnnt", "e2e-ctc", "e2e-rnnt"]
+"""The GigaAM layouts onnx-asr loads: CTC or RNN-T, plain or end-to-end (punctuated)."""
 
 
 @dataclass(frozen=True)
@@ -72,38 +74,67 @@ WHISPER_TRANSFORMERS = Layout(
     ),
 )
 
+# The end-to-end (punctuated) models exist for v3 only.
 _GIGAAM_VARIANT = re.compile(
-    r"^(?P<version>v[23])-(?P<kind>ctc|rnnt|e2e-ctc|e2e-rnnt)(-[a-z0-9.]+)?$"
+    r"^(?P<version>v2|v3)-(?P<kind>ctc|rnnt)(-[a-z0-9.]+)?$"
+    r"|^(?P<e2e_version>v3)-(?P<e2e_kind>e2e-ctc|e2e-rnnt)(-[a-z0-9.]+)?$"
 )
 
 
-def gigaam_onnx_asr_name(variant: str) -> str:
-    """The onnx-asr model name for a GigaAM variant such as `v3-ctc` or `v3-ctc-testtiny`."""
+def _gigaam_variant(variant: str) -> tuple[str, GigaamKind]:
+    """Version and layout of a GigaAM variant such as `v3-ctc` or `v3-e2e-rnnt-testtiny`."""
     match = _GIGAAM_VARIANT.fullmatch(variant)
     if match is None:
         raise SourceError(
             f"unknown GigaAM variant {variant!r}: use v2-ctc, v2-rnnt, v3-ctc, v3-rnnt, "
             "v3-e2e-ctc or v3-e2e-rnnt (a suffix such as -int8 or -testtiny may follow)"
         )
-    return f"gigaam-{match['version']}-{match['kind']}"
+    kind = cast(GigaamKind, match["kind"] or match["e2e_kind"])
+    return match["version"] or match["e2e_version"], kind
+
+
+def gigaam_onnx_asr_name(variant: str) -> str:
+    """The onnx-asr model name for a GigaAM variant such as `v3-ctc` or `v3-ctc-testtiny`."""
+    version, kind = _gigaam_variant(variant)
+    return f"gigaam-{version}-{kind}"
+
+
+@dataclass(frozen=True)
+class GigaamFiles:
+    """The files onnx-asr loads for one GigaAM variant, by what they are."""
+
+    onnx_asr_name: str
+    """e.g. ``gigaam-v3-e2e-rnnt``: what `onnx_asr.load_model` is given."""
+    kind: GigaamKind
+    version: str
+    """``v2`` or ``v3``: selects the feature extractor (``config.json`` ``version``)."""
+    vocab: str
+    graphs: dict[str, str]
+    """``model`` for CTC; ``encoder``, ``decoder`` and ``joint`` for RNN-T."""
+    config: str = "config.json"
+
+
+def gigaam_files(variant: str, quantization: str | None) -> GigaamFiles:
+    """The file names of a GigaAM variant (`.int8.onnx` graphs when int8 is asked)."""
+    version, kind = _gigaam_variant(variant)
+    q = ".int8" if quantization == "int8" else ""
+    stem = f"{version}_{kind.replace('-', '_')}"
+    vocab = f"{stem}_vocab.txt" if kind.startswith("e2e-") else f"{version}_vocab.txt"
+    if kind.endswith("ctc"):
+        graphs = {"model": f"{stem}{q}.onnx"}
+    else:
+        graphs = {part: f"{stem}_{part}{q}.onnx" for part in ("encoder", "decoder", "joint")}
+    return GigaamFiles(f"gigaam-{version}-{kind}", kind, version, vocab, graphs)
 
 
 def gigaam_layout(variant: str, quantization: str | None) -> Layout:
     """The ONNX files onnx-asr loads for a GigaAM variant (`.int8.onnx` when int8 is asked)."""
-    name = gigaam_onnx_asr_name(variant)
-    version, kind = name.split("-", 2)[1:]
-    q = ".int8" if quantization == "int8" else ""
-    prefix = f"{version}_e2e_" if kind.startswith("e2e-") else f"{version}_"
-    decoder = kind.removeprefix("e2e-")
-    vocab = f"{prefix}{decoder}_vocab.txt" if kind.startswith("e2e-") else f"{version}_vocab.txt"
-    if decoder == "ctc":
-        graphs: tuple[str, ...] = (f"{prefix}ctc{q}.onnx",)
-    else:
-        graphs = tuple(f"{prefix}rnnt_{part}{q}.onnx" for part in ("encoder", "decoder", "joint"))
+    files = gigaam_files(variant, quantization)
+    graphs = tuple(files.graphs.values())
     return Layout(
         f"GigaAM {variant} ONNX",
         "onnx",
-        required=("config.json", vocab, *graphs),
+        required=(files.config, files.vocab, *graphs),
         optional=tuple(f"{g}.data" for g in graphs),
     )
 

@@ -22,6 +22,7 @@ from offline_asr.progress import Advance, byte_progress
 from offline_asr.registry import sources
 from offline_asr.registry.catalog import variant_defaults
 from offline_asr.registry.changes import NEW, PREVIOUS, Journal, recover, work_folder, write_journal
+from offline_asr.registry.gigaam_check import check_gigaam_folder
 from offline_asr.registry.integrity import checksum_text, verify_models
 from offline_asr.registry.layouts import (
     WHISPER_CT2,
@@ -42,6 +43,7 @@ from offline_asr.schemas import (
 )
 
 Quantization = Literal["int8", "float16", "float32"]
+GIGAAM_QUANTIZATIONS = (None, "float32", "int8")
 # CTranslate2's compute types; float16 and bfloat16 need a GPU.
 COMPUTE_TYPES = (
     "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
@@ -119,8 +121,8 @@ def _fetch(request: PrepareRequest, workdir: Path) -> sources.Offered:
         key = repo.replace("/", "--") + "@" + request.revision.replace("/", "--")
         downloads = workdir.parent / "downloads" / key
         return sources.from_hub(repo, request.revision, downloads, choose, request.hf_endpoint)
-    if defaults.generated:
-        return sources.generated_test_model(workdir / "generated", choose)
+    if defaults.generated is not None:
+        return sources.generated_test_model(workdir / "generated", choose, defaults.generated)
     raise SourceError(
         f"no default source for {request.engine} {request.variant!r}: "
         "give --from-package, --from-dir, --hf-repo or --from-url"
@@ -265,6 +267,11 @@ def _validate(request: PrepareRequest, model_id: str) -> None:
         )
     if request.engine not in ENGINES:
         raise SourceError(f"unknown engine {request.engine!r}: use one of {', '.join(ENGINES)}")
+    if request.engine == "gigaam" and request.quantization not in GIGAAM_QUANTIZATIONS:
+        raise SourceError(
+            f"GigaAM ONNX exports come as float32 (*.onnx) and int8 (*.int8.onnx); "
+            f"--quantization {request.quantization} is neither"
+        )
     if _source_count(request) > 1:
         raise SourceError("give at most one of --from-package, --from-dir, --hf-repo, --from-url")
     try:
@@ -299,6 +306,10 @@ def prepare_model(
                     offered, request.quantization or "float16", staging / "converted"
                 )
             digests = copy_into(offered, staging / NEW)
+            if request.engine == "gigaam":
+                check_gigaam_folder(
+                    staging / NEW, request.variant, request.quantization, offered.where
+                )
             new = _entry(request, converted, model_id, offered, digests, staging / NEW)
             if must_match is not None:
                 _check_match(must_match, new)

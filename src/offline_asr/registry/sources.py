@@ -21,7 +21,7 @@ from pathlib import Path
 from offline_asr.archives import extract_archive, is_archive
 from offline_asr.errors import ChecksumMismatchError, SourceError
 from offline_asr.progress import byte_progress
-from offline_asr.registry.layouts import Layout
+from offline_asr.registry.layouts import GigaamKind, Layout
 from offline_asr.schemas import Source
 
 ChooseLayout = Callable[[list[str], str], Layout]
@@ -215,8 +215,8 @@ def from_hub(
     return Offered(files, source, layout, where, download_dir=workdir)
 
 
-def generated_test_model(workdir: Path, choose: ChooseLayout) -> Offered:
-    """The structural GigaAM test model, written by our own deterministic generator."""
+def generated_test_model(workdir: Path, choose: ChooseLayout, kind: GigaamKind) -> Offered:
+    """A structural GigaAM test model of one layout, written by our deterministic generator."""
     try:
         from offline_asr.testmodel import write_gigaam_test_model
     except ImportError as error:
@@ -225,7 +225,7 @@ def generated_test_model(workdir: Path, choose: ChooseLayout) -> Offered:
             "install the `models` extra: `uv sync --extra models`"
         ) from error
     shutil.rmtree(workdir, ignore_errors=True)
-    write_gigaam_test_model(workdir)
+    write_gigaam_test_model(workdir, kind)
     source = Source(kind="generated", generator="offline_asr.testmodel:write_gigaam_test_model")
     offered = _offer(list_folder(workdir), source, "generated test model", choose)
     offered.toolchain["onnx"] = metadata.version("onnx")

@@ -11,6 +11,7 @@ from offline_asr.asr.base import fingerprint
 from offline_asr.asr.router import AUTO_MODEL
 from offline_asr.audio import AudioLimits
 from offline_asr.errors import ModelNotFoundError
+from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.store import ModelStore
 from offline_asr.schemas import Manifest
 from offline_asr.service.metrics import Metrics
@@ -114,6 +115,8 @@ class ModelPool:
                 "manifest_version": self.manifest.manifest_version,
                 "fingerprint": fingerprint(model),
                 "loaded": model.id in self._loaded,
+                "structural_test_model": is_structural_test_model(model),
+                **({"description": model.description} if model.description else {}),
             }
             for model in self.manifest.models
         ]

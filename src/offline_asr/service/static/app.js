@@ -102,7 +102,9 @@
       ? `${languages.length} languages`
       : `language${languages.length === 1 ? "" : "s"}: ${languages.join(", ")}`;
     const state = model.loaded ? "loaded" : "loads on first use";
-    return `${parts} · ${langs} · manifest v${model.manifest_version} · ${state}`;
+    const test = model.structural_test_model
+      ? " · structural test model, not GigaAM: its transcripts are meaningless" : "";
+    return `${parts} · ${langs} · manifest v${model.manifest_version} · ${state}${test}`;
   }
 
   function fillLanguages() {
@@ -130,7 +132,8 @@
     }
     const wanted = modelSelect.value || session.get(MODEL_STORAGE);
     modelSelect.replaceChildren(...models.map((m) => {
-      const label = m.id === "auto" ? "auto (choose by language)" : m.id;
+      const label = m.id === "auto" ? "auto (choose by language)"
+        : m.structural_test_model ? `${m.id} (structural test model)` : m.id;
       return new Option(label, m.id);
     }));
     // The server's own router first: it picks a model by the audio's language.
