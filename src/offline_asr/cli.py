@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from offline_asr import __version__
+from offline_asr.asr.workers import WorkerPlan
 from offline_asr.config import Settings
 from offline_asr.constants import (
     EXIT_BAD_INPUT,
@@ -623,7 +624,7 @@ def transcribe(
     batch_size: Annotated[
         int | None, typer.Option(help="Batched long-form decoding with this batch size")
     ] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads (0: the runtime's default)")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads (0: every usable core)")] = 0,
     device: Annotated[Device, typer.Option(help="Where to run the model")] = "auto",
     full_verify: Annotated[
         bool, typer.Option(help="Re-hash every weight file instead of trusting the cache")
@@ -662,7 +663,8 @@ def transcribe(
         model,
         audit=AuditLog(audit_log, include_text=settings.offline_asr_audit_text),
         device=device,
-        threads=threads,
+        threads=WorkerPlan.for_machine(1, threads).threads,
+        long_form_batch_size=settings.offline_asr_long_form_batch,
         full_verify=full_verify,
     )
     failed = 0
@@ -700,8 +702,12 @@ def serve(
         Path | None,
         typer.Option(envvar="OFFLINE_ASR_CONFIG", help="TOML file with settings (see README)"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel transcriptions per model (default: one per usable core)"),
+    ] = None,
     max_concurrency: Annotated[
-        int | None, typer.Option(help="Transcriptions at a time (default: 2)")
+        int | None, typer.Option(help="Transcriptions at a time (default: one per worker)")
     ] = None,
     max_queue: Annotated[
         int | None, typer.Option(help="Requests that may wait; more get 429 (default: 8)")
@@ -725,6 +731,7 @@ def serve(
         models=model or None,
         host=host,
         port=port,
+        workers=workers,
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         lazy_load=lazy_load,

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from offline_asr.constants import DEFAULT_BUNDLE_HINT, DEFAULT_MANIFEST
+from offline_asr.constants import DEFAULT_BUNDLE_HINT, DEFAULT_LONG_FORM_BATCH, DEFAULT_MANIFEST
 
 
 class Settings(BaseSettings):
@@ -32,3 +32,9 @@ class Settings(BaseSettings):
         None, description="GigaAM model that `auto` sends Russian speech to"
     )
     offline_asr_audit_text: bool = Field(False, description="Also log transcript texts")
+    offline_asr_long_form_batch: int = Field(
+        DEFAULT_LONG_FORM_BATCH,
+        ge=0,
+        le=64,
+        description="Whisper: audio over 30 s uses the batched pipeline with this batch (0: off)",
+    )

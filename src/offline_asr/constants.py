@@ -43,3 +43,8 @@ SAMPLE_RATE: Final = 16_000
 
 # Speech clips that ship with the package (smoke tests, demo): see scripts/make_test_audio.py.
 CLIPS_DIR: Final = Path(__file__).resolve().parent / "data" / "clips"
+
+DEFAULT_LONG_FORM_BATCH = 8
+"""Whisper: audio longer than one 30 s window goes through the batched pipeline with this batch
+size. Measured on the 5-minute file (bench/bench_engines.py): 1.4-1.8x faster than sequential
+decoding with no worse WER (0.0 against 0.004: the VAD cuts at pauses, not mid-word)."""

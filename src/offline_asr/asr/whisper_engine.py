@@ -19,9 +19,13 @@ from offline_asr.asr.base import (
     Word,
 )
 from offline_asr.asr.whisper_features import BlockedFeatureExtractor
+from offline_asr.constants import SAMPLE_RATE
 from offline_asr.device import choose_device
 from offline_asr.pins import ctranslate2_facts, host_facts
 from offline_asr.schemas import ModelMetadata
+
+LONG_FORM_SECONDS = 30.0
+"""Audio longer than Whisper's window: the batched pipeline decodes its pieces side by side."""
 
 
 class WhisperEngine(TranscriptionEngine):
@@ -39,6 +43,7 @@ class WhisperEngine(TranscriptionEngine):
                 device=self.device,
                 compute_type=model.compute_type,
                 cpu_threads=self.threads,
+                num_workers=self.workers,  # parallel calls from as many threads; shared weights
                 local_files_only=True,
             )
         except ValueError as error:  # e.g. float16 compute on a CPU
@@ -68,6 +73,9 @@ class WhisperEngine(TranscriptionEngine):
     def _transcribe(
         self, audio: Audio, options: DecodeOptions, on_segment: OnSegment
     ) -> TranscriptionResult:
+        long_form = len(audio) > LONG_FORM_SECONDS * SAMPLE_RATE
+        if long_form and self.long_form_batch_size and options.batch_size is None:
+            options = options.model_copy(update={"batch_size": self.long_form_batch_size})
         if options.batch_size is not None:
             # The batched pipeline cuts long audio at the pauses its VAD finds.
             options = options.model_copy(update={"vad_filter": True})

@@ -23,13 +23,16 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     go_offline()
     metrics = Metrics()
     keys = key_ring(settings)
+    plan = settings.worker_plan()
     pool = ModelPool(
         ModelStore(settings.manifest),
         limits=AudioLimits(settings.max_upload_bytes, settings.max_audio_seconds),
         metrics=metrics,
         lazy_load=settings.lazy_load,
         idle_unload_s=settings.idle_unload_s,
-        threads=settings.threads,
+        threads=plan.threads,
+        workers=plan.workers,
+        long_form_batch_size=settings.long_form_batch_size,
     )
     pool.preload(settings.models)
     audit = AuditLog(settings.audit_log, include_text=settings.audit_text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -14,7 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from offline_asr.constants import DEFAULT_MANIFEST
+from offline_asr.asr.workers import WorkerPlan
+from offline_asr.constants import DEFAULT_LONG_FORM_BATCH, DEFAULT_MANIFEST
 from offline_asr.errors import OfflineAsrError
 
 CommaList = Annotated[list[str], NoDecode]
@@ -58,7 +59,10 @@ class ServiceSettings(BaseSettings):
         description="Unload lazily loaded models unused this long (0: never)",
     )
     max_concurrency: int = Field(
-        2, ge=1, validation_alias=_env("max_concurrency", "OFFLINE_ASR_MAX_CONCURRENCY")
+        0,
+        ge=0,
+        validation_alias=_env("max_concurrency", "OFFLINE_ASR_MAX_CONCURRENCY"),
+        description="Transcriptions at a time (0: one per worker)",
     )
     max_queue: int = Field(8, ge=0, validation_alias=_env("max_queue", "OFFLINE_ASR_MAX_QUEUE"))
     max_upload_bytes: int = Field(
@@ -88,7 +92,35 @@ class ServiceSettings(BaseSettings):
         validation_alias=_env("audit_secret_file", "OFFLINE_ASR_AUDIT_SECRET_FILE"),
         description="Secret for the API key ids in the audit log (default: beside the log)",
     )
-    threads: int = Field(0, ge=0, validation_alias=_env("threads", "OFFLINE_ASR_THREADS"))
+    threads: int = Field(
+        0,
+        ge=0,
+        validation_alias=_env("threads", "OFFLINE_ASR_THREADS"),
+        description="CPU threads per worker (0: the usable cores shared out among the workers)",
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        validation_alias=_env("workers", "OFFLINE_ASR_WORKERS"),
+        description="Transcriptions that run in parallel per model (0: one per usable core)",
+    )
+    long_form_batch_size: int = Field(
+        DEFAULT_LONG_FORM_BATCH,
+        ge=0,
+        le=64,
+        validation_alias=_env("long_form_batch_size", "OFFLINE_ASR_LONG_FORM_BATCH"),
+        description="Whisper: audio over 30 s uses the batched pipeline with this batch (0: off)",
+    )
+
+    @model_validator(mode="after")
+    def _one_slot_per_worker(self) -> ServiceSettings:
+        if self.max_concurrency == 0:
+            self.max_concurrency = self.worker_plan().workers
+        return self
+
+    def worker_plan(self) -> WorkerPlan:
+        """Workers and threads per worker, sized from the usable cores unless set."""
+        return WorkerPlan.for_machine(self.workers, self.threads)
 
     @field_validator("models", "api_keys", "cors_origins", mode="before")
     @classmethod
