@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -39,6 +39,9 @@ from offline_asr.registry.integrity import ModelReport, unregistered_paths, veri
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
 from offline_asr.registry.store import ModelStore
 from offline_asr.schemas import Manifest, ModelMetadata
+
+if TYPE_CHECKING:
+    from offline_asr.asr.base import DecodeOptions
 
 app = typer.Typer(
     help="Offline speech recognition: a verified registry of Whisper and GigaAM models.",
@@ -601,6 +604,30 @@ def _smoke_matrix(
             out.print(Text(line))
 
 
+def _decode_options(
+    language: str | None,
+    task: Literal["transcribe", "translate"],
+    beam_size: int,
+    prompt: str | None,
+    word_timestamps: bool,
+    vad_filter: bool,
+    batch_size: int | None,
+) -> DecodeOptions:
+    """The decode options of `transcribe` and `batch`; a bad value is bad usage (exit 2)."""
+    from pydantic import ValidationError
+
+    from offline_asr.asr.base import DecodeOptions
+
+    try:
+        return DecodeOptions(
+            language=language, task=task, beam_size=beam_size, initial_prompt=prompt,
+            word_timestamps=word_timestamps, vad_filter=vad_filter, batch_size=batch_size,
+        )  # fmt: skip
+    except ValidationError as error:
+        problem = error.errors()[0]
+        raise OfflineAsrError(f"bad option {problem['loc'][0]}: {problem['msg']}") from error
+
+
 @app.command("transcribe")
 @reports_errors
 def transcribe(
@@ -638,21 +665,13 @@ def transcribe(
 ) -> None:
     """Transcribe files with a registered model. Bad files are reported (exit code 2) and the
     others are still transcribed."""
-    from pydantic import ValidationError
-
-    from offline_asr.asr.base import DecodeOptions
     from offline_asr.audit import AuditLog
     from offline_asr.formats import FILE_SUFFIX, render
     from offline_asr.transcriber import Transcriber
 
-    try:
-        options = DecodeOptions(
-            language=language, task=task, beam_size=beam_size, initial_prompt=prompt,
-            word_timestamps=word_timestamps, vad_filter=vad_filter, batch_size=batch_size,
-        )  # fmt: skip
-    except ValidationError as error:
-        problem = error.errors()[0]
-        raise OfflineAsrError(f"bad option {problem['loc'][0]}: {problem['msg']}") from error
+    options = _decode_options(
+        language, task, beam_size, prompt, word_timestamps, vad_filter, batch_size
+    )
     suffix = FILE_SUFFIX[output_format]
     targets = {p: output_dir / (p.stem + suffix) for p in files} if output_dir else {}
     if len(set(targets.values())) < len(targets):
@@ -687,6 +706,81 @@ def transcribe(
             err.print(f"{path} -> {targets[path]}", highlight=False)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command("batch")
+@reports_errors
+def batch(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="INPUT",
+            help="Folders (searched recursively for audio and video files), list files "
+            "(.txt/.lst: one path a line) or audio files",
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Results file (JSON lines); appended to, resumable")],
+    model: Annotated[str, typer.Option(help="Model id from the manifest, or `auto`")],
+    language: Annotated[str | None, typer.Option(help="Language code (default: detect)")] = None,
+    task: Annotated[
+        Literal["transcribe", "translate"], typer.Option(help="translate: into English (Whisper)")
+    ] = "transcribe",
+    beam_size: Annotated[int, typer.Option(help="Beam size")] = 5,
+    prompt: Annotated[str | None, typer.Option(help="Initial prompt (Whisper)")] = None,
+    word_timestamps: Annotated[bool, typer.Option(help="Word-level timestamps")] = False,
+    vad_filter: Annotated[bool, typer.Option(help="Skip non-speech with Silero VAD")] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batched long-form decoding with this batch size")
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="OFFLINE_ASR_WORKERS", help="Files transcribed at once (0: one per usable core)"
+        ),
+    ] = 0,
+    threads: Annotated[
+        int,
+        typer.Option(
+            envvar="OFFLINE_ASR_THREADS",
+            help="CPU threads per worker (0: the usable cores shared out)",
+        ),
+    ] = 0,
+    device: Annotated[Device, typer.Option(help="Where to run the model")] = "auto",
+    retry_errors: Annotated[
+        bool, typer.Option(help="Transcribe again the files whose line is an error")
+    ] = False,
+    full_verify: Annotated[
+        bool, typer.Option(help="Re-hash every weight file instead of trusting the cache")
+    ] = False,
+    audit_log: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="OFFLINE_ASR_AUDIT_LOG",
+            help="Also write an audit line per file here (the results carry the same fields)",
+        ),
+    ] = None,
+    target: TargetOption = None,
+    manifest: ManifestOption = None,
+) -> None:
+    """Transcribe many files into one JSON-lines file with provenance. A rerun skips files
+    already done (same audio sha256, model fingerprint and options); a kill loses at most the
+    files in flight. A bad file gets an error line; exit code 1 if any file failed."""
+    from offline_asr.batch.command import BatchRequest, describe
+    from offline_asr.batch.command import run as run_batch
+
+    request = BatchRequest(
+        inputs=inputs, out=out, model_id=model,
+        options=_decode_options(language, task, beam_size, prompt, word_timestamps, vad_filter,
+                                batch_size),
+        plan=WorkerPlan.for_machine(workers, threads),
+        long_form_batch_size=Settings().offline_asr_long_form_batch, device=device,
+        full_verify=full_verify, retry_errors=retry_errors, audit_log=audit_log,
+    )  # fmt: skip
+    summary = run_batch(_store(manifest, target), request)
+    for line in describe(summary, out):
+        err.print(Text(line))
+    if summary.failed or summary.problems:
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 @app.command("serve")

@@ -18,8 +18,10 @@ def long_speech(seconds: float) -> tuple[np.ndarray, str]:
     """At least `seconds` of the English clips with 0.7 s of silence after each, and the text."""
     references = json.loads((CLIPS_DIR / "references.json").read_text(encoding="utf-8"))
     pause = np.zeros(int(0.7 * SAMPLE_RATE), dtype=np.float32)
-    parts, texts, index = [], [], 0
-    while sum(map(len, parts)) < seconds * SAMPLE_RATE:
+    parts: list[np.ndarray] = []
+    texts: list[str] = []
+    index = 0
+    while sum(len(part) for part in parts) < seconds * SAMPLE_RATE:
         name = CLIPS[index % len(CLIPS)]
         parts += [decode_audio(CLIPS_DIR / name), pause]
         texts.append(references[name])
