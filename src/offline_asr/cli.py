@@ -749,6 +749,14 @@ def batch(
     retry_errors: Annotated[
         bool, typer.Option(help="Transcribe again the files whose line is an error")
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="Run on this Ray cluster (host:port of its head): an actor per node, a worker "
+            "per CPU; every node verifies its weights against this manifest first",
+        ),
+    ] = None,
     full_verify: Annotated[
         bool, typer.Option(help="Re-hash every weight file instead of trusting the cache")
     ] = False,
@@ -774,7 +782,7 @@ def batch(
                                 batch_size),
         plan=WorkerPlan.for_machine(workers, threads),
         long_form_batch_size=Settings().offline_asr_long_form_batch, device=device,
-        full_verify=full_verify, retry_errors=retry_errors, audit_log=audit_log,
+        full_verify=full_verify, retry_errors=retry_errors, audit_log=audit_log, ray_address=ray,
     )  # fmt: skip
     summary = run_batch(_store(manifest, target), request)
     for line in describe(summary, out):
@@ -812,6 +820,16 @@ def serve(
     api_keys_file: Annotated[
         Path | None, typer.Option(help="File with one API key per line (Bearer auth)")
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="Serve through Ray Serve on this cluster (host:port of its head)",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="With --ray: API replicas, each verifies its node's weights")
+    ] = 1,
     target: TargetOption = None,
     manifest: ManifestOption = None,
 ) -> None:
@@ -832,6 +850,11 @@ def serve(
         api_keys_file=api_keys_file,
         manifest=_store(manifest, target).manifest_path if target else manifest,
     )
+    if ray is not None:
+        from offline_asr.cluster.serve import serve_on_ray
+
+        serve_on_ray(settings, ray, replicas)
+        return
     run_server(settings)
 
 

@@ -37,6 +37,7 @@ class BatchRequest:
     full_verify: bool = False
     retry_errors: bool = False
     audit_log: Path | None = None
+    ray_address: str | None = None
 
 
 def run(store: ModelStore, request: BatchRequest) -> Summary:
@@ -66,6 +67,13 @@ def _runner(store: ModelStore, request: BatchRequest, key: str) -> Iterator[Runn
         "long_form_batch_size": request.long_form_batch_size,
         "full_verify": request.full_verify,
     }
+    if request.ray_address is not None:
+        from offline_asr.cluster.batch import ray_runner
+
+        with ray_runner(request.ray_address, store, request.model_id, request.options, key,
+                        engine_options) as ray_runs:  # fmt: skip
+            yield ray_runs
+        return
     audit = AuditLog(request.audit_log) if request.audit_log else None
     transcriber = Transcriber(store, request.model_id, audit=audit, **engine_options)
     runner = LocalRunner(transcriber, request.options, key, request.plan.workers)
@@ -82,16 +90,16 @@ def _progress(files: int) -> Iterator[OnDone]:
         TextColumn("transcribing"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("files, {task.fields[hours]:.2f} h of audio"),
+        TextColumn("files, {task.fields[audio]} of audio"),
         TimeRemainingColumn(),
     ) as progress:
-        task = progress.add_task("batch", total=files, hours=0.0)
-        hours = 0.0
+        task = progress.add_task("batch", total=files, audio=_clock(0))
+        total = 0.0
 
         def on_done(count: int, seconds: float) -> None:
-            nonlocal hours
-            hours += seconds / 3600
-            progress.update(task, advance=count, hours=hours)
+            nonlocal total
+            total += seconds
+            progress.update(task, advance=count, audio=_clock(total))
 
         yield on_done
 
@@ -99,7 +107,7 @@ def _progress(files: int) -> Iterator[OnDone]:
 def describe(summary: Summary, out: Path) -> list[str]:
     """The summary lines the command prints at the end."""
     lines = [
-        f"{summary.files} files, {summary.audio_seconds / 3600:.2f} h of audio: "
+        f"{summary.files} files, {_clock(summary.audio_seconds)} of audio: "
         f"{summary.transcribed} transcribed, {summary.already_done} already done, "
         f"{summary.same_audio} same audio as another file, {len(summary.failed)} failed; "
         f"results in {out}"
@@ -108,3 +116,9 @@ def describe(summary: Summary, out: Path) -> list[str]:
     if len(summary.failed) > 20:
         lines.append(f'... and {len(summary.failed) - 20} more (status "error" in {out})')
     return lines + summary.problems
+
+
+def _clock(seconds: float) -> str:
+    """Hours of audio as h:mm:ss."""
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
