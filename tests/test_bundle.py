@@ -1557,7 +1557,9 @@ def test_delta_holds_only_the_changed_artifacts(series: Series) -> None:
     artifacts = {p for p in artifacts if not p.endswith("/checksum.txt")}
     # The golden files always travel (a few kB): install checks them against the manifest.
     goldens = {p for p in artifacts if p.startswith("models/goldens/")}
-    assert goldens == {f"models/goldens/{TINY}.json"}  # gigaam was re-prepared without one
+    # gigaam was re-prepared without one; every other model keeps its golden
+    assert goldens == {f"models/goldens/{m.id}.json" for m in after.models if m.id != GIGAAM}
+    assert f"models/goldens/{TINY}.json" in goldens
     assert artifacts - goldens == changed
     every = {f"models/{a.path}" for m in after.models for a in m.artifacts}
     assert {f.path for f in contents.from_base} == every - changed
