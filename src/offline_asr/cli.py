@@ -107,6 +107,22 @@ LockOption = Annotated[
     Path, typer.Option("--lock", help="Hash-pinned requirements lock to compare with or pack")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# Options that `transcribe` and `batch` share.
+LanguageOption = Annotated[str | None, typer.Option(help="Language code (default: detect)")]
+TaskOption = Annotated[
+    Literal["transcribe", "translate"], typer.Option(help="translate: into English (Whisper)")
+]
+BeamSizeOption = Annotated[int, typer.Option(help="Beam size")]
+PromptOption = Annotated[str | None, typer.Option(help="Initial prompt (Whisper)")]
+WordTimestampsOption = Annotated[bool, typer.Option(help="Word-level timestamps")]
+VadFilterOption = Annotated[bool, typer.Option(help="Skip non-speech with Silero VAD")]
+BatchSizeOption = Annotated[
+    int | None, typer.Option(help="Batched long-form decoding with this batch size")
+]
+DeviceOption = Annotated[Device, typer.Option(help="Where to run the model")]
+FullVerifyOption = Annotated[
+    bool, typer.Option(help="Re-hash every weight file instead of trusting the cache")
+]
 
 
 def _tagged(tag: str, style: str, message: object) -> Text:
@@ -633,7 +649,7 @@ def _decode_options(
 def transcribe(
     files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Audio or video files")],
     model: Annotated[str, typer.Option(help="Model id from the manifest, or `auto`")],
-    language: Annotated[str | None, typer.Option(help="Language code (default: detect)")] = None,
+    language: LanguageOption = None,
     output_format: Annotated[
         Literal["txt", "json", "verbose_json", "srt", "vtt"],
         typer.Option("--format", help="Output format"),
@@ -641,21 +657,15 @@ def transcribe(
     output_dir: Annotated[
         Path | None, typer.Option(help="Write FILE's stem + extension here (default: stdout)")
     ] = None,
-    task: Annotated[
-        Literal["transcribe", "translate"], typer.Option(help="translate: into English (Whisper)")
-    ] = "transcribe",
-    beam_size: Annotated[int, typer.Option(help="Beam size")] = 5,
-    prompt: Annotated[str | None, typer.Option(help="Initial prompt (Whisper)")] = None,
-    word_timestamps: Annotated[bool, typer.Option(help="Word-level timestamps")] = False,
-    vad_filter: Annotated[bool, typer.Option(help="Skip non-speech with Silero VAD")] = False,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Batched long-form decoding with this batch size")
-    ] = None,
+    task: TaskOption = "transcribe",
+    beam_size: BeamSizeOption = 5,
+    prompt: PromptOption = None,
+    word_timestamps: WordTimestampsOption = False,
+    vad_filter: VadFilterOption = False,
+    batch_size: BatchSizeOption = None,
     threads: Annotated[int, typer.Option(help="CPU threads (0: every usable core)")] = 0,
-    device: Annotated[Device, typer.Option(help="Where to run the model")] = "auto",
-    full_verify: Annotated[
-        bool, typer.Option(help="Re-hash every weight file instead of trusting the cache")
-    ] = False,
+    device: DeviceOption = "auto",
+    full_verify: FullVerifyOption = False,
     audit_log: Annotated[
         Path | None,
         typer.Option(envvar="OFFLINE_ASR_AUDIT_LOG", help="Audit log file (default: stderr)"),
@@ -721,17 +731,13 @@ def batch(
     ],
     out: Annotated[Path, typer.Option(help="Results file (JSON lines); appended to, resumable")],
     model: Annotated[str, typer.Option(help="Model id from the manifest, or `auto`")],
-    language: Annotated[str | None, typer.Option(help="Language code (default: detect)")] = None,
-    task: Annotated[
-        Literal["transcribe", "translate"], typer.Option(help="translate: into English (Whisper)")
-    ] = "transcribe",
-    beam_size: Annotated[int, typer.Option(help="Beam size")] = 5,
-    prompt: Annotated[str | None, typer.Option(help="Initial prompt (Whisper)")] = None,
-    word_timestamps: Annotated[bool, typer.Option(help="Word-level timestamps")] = False,
-    vad_filter: Annotated[bool, typer.Option(help="Skip non-speech with Silero VAD")] = False,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Batched long-form decoding with this batch size")
-    ] = None,
+    language: LanguageOption = None,
+    task: TaskOption = "transcribe",
+    beam_size: BeamSizeOption = 5,
+    prompt: PromptOption = None,
+    word_timestamps: WordTimestampsOption = False,
+    vad_filter: VadFilterOption = False,
+    batch_size: BatchSizeOption = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -745,7 +751,7 @@ def batch(
             help="CPU threads per worker (0: the usable cores shared out)",
         ),
     ] = 0,
-    device: Annotated[Device, typer.Option(help="Where to run the model")] = "auto",
+    device: DeviceOption = "auto",
     retry_errors: Annotated[
         bool, typer.Option(help="Transcribe again the files whose line is an error")
     ] = False,
@@ -757,9 +763,7 @@ def batch(
             "per CPU; every node verifies its weights against this manifest first",
         ),
     ] = None,
-    full_verify: Annotated[
-        bool, typer.Option(help="Re-hash every weight file instead of trusting the cache")
-    ] = False,
+    full_verify: FullVerifyOption = False,
     audit_log: Annotated[
         Path | None,
         typer.Option(

@@ -14,6 +14,7 @@ from typing import Any
 
 from offline_asr.asr.base import DecodeOptions, TranscriptionResult, fingerprint
 from offline_asr.asr.router import AUTO_MODEL
+from offline_asr.formats import _provenance
 from offline_asr.schemas import Manifest
 
 Line = dict[str, Any]
@@ -51,15 +52,7 @@ def ok_line(
         "language": result.language,
         "duration": result.duration,
         "segments": [segment.model_dump(mode="json") for segment in result.segments],
-        "provenance": {
-            "model_id": result.model_id,
-            "manifest_version": result.manifest_version,
-            "fingerprint": result.fingerprint,
-            "engine": result.engine,
-            "options": result.options.model_dump(mode="json"),
-            "runtime": result.runtime,
-            "audio_sha256": audio_sha256,
-        },
+        "provenance": _provenance(result)["x_offline_asr"] | {"audio_sha256": audio_sha256},
         "latency_s": round(latency_s, 3),
         "time": _now(),
     }
