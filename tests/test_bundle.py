@@ -1044,11 +1044,11 @@ def test_delta_without_its_base_is_refused(series: Series, target: Path, tmp_pat
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB tmpfs (a 100 kB one cannot hold even one release: the locks alone are 660 kB);
+    """A 4 MB tmpfs (a 100 kB one cannot hold even one release: the locks alone are 1.2 MB);
     the tests fill it up to the free space they want."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
                              capture_output=True, text=True, check=False)  # fmt: skip
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
