@@ -26,7 +26,7 @@ hashing, not the disk.
 
 from __future__ import annotations
 
-from offline_asr.pins import pin_runtime
+from offline_asr.asr.pins import pin_runtime
 
 # Before anything imports ctranslate2, and before any server starts (it inherits the setting):
 # both sides must run the same CPU kernels.
@@ -49,9 +49,9 @@ from typing import Any  # noqa: E402
 
 import httpx2  # noqa: E402
 
-from offline_asr.asr import load_engine  # noqa: E402
+from offline_asr.asr.audio import decode_audio  # noqa: E402
 from offline_asr.asr.base import DecodeOptions, TranscriptionEngine  # noqa: E402
-from offline_asr.audio import decode_audio  # noqa: E402
+from offline_asr.asr.loader import load_engine  # noqa: E402
 from offline_asr.constants import VERIFY_CACHE_NAME  # noqa: E402
 from offline_asr.registry.store import ModelStore  # noqa: E402
 

@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-import offline_asr.audio as audio_module
-from offline_asr.audio import (
+import offline_asr.asr.audio as audio_module
+from offline_asr.asr.audio import (
     LENGTH_TOLERANCE,
     AudioError,
     AudioLimits,
@@ -378,7 +378,7 @@ def test_default_limits() -> None:
 
 
 _DECODE = """
-from offline_asr.audio import AudioLimits, decode_audio
+from offline_asr.asr.audio import AudioLimits, decode_audio
 before = peak()
 decode_audio(Path(sys.argv[1]), limits=AudioLimits(10**9, 4 * 3600))
 """

@@ -44,13 +44,13 @@ import pytest
 
 from offline_asr import testmodel
 from offline_asr.asr.base import fingerprint
-from offline_asr.bundle.build import LOCK_FILES
-from offline_asr.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
-from offline_asr.bundle.reader import AGE_MAGIC
+from offline_asr.asr.smoke import word_error_rate
 from offline_asr.constants import CLIPS_DIR
+from offline_asr.delivery.bundle.build import LOCK_FILES
+from offline_asr.delivery.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
+from offline_asr.delivery.bundle.reader import AGE_MAGIC
+from offline_asr.registry.schemas import Manifest
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest
-from offline_asr.smoke import word_error_rate
 from support.bundles import (
     Member,
     Outcome,
@@ -374,8 +374,9 @@ def test_a_running_server_keeps_serving_its_release_after_an_install(
     started_with = {m.id: m for m in series.store_a.load().models}
     nowhere = tmp_path / "no-store" / "models" / "manifest.json"
     with (
-        running_server(nowhere, "--target", str(target), "--model", TINY, log=tmp_path / "log")
-        as server,
+        running_server(
+            nowhere, "--target", str(target), "--model", TINY, log=tmp_path / "log"
+        ) as server,
         httpx.Client(base_url=server.url, timeout=120) as http,
     ):
         install(series.gigaam[series.new], target)  # GIGAAM retrained; current -> v{new}
@@ -1263,7 +1264,7 @@ def test_bundle_on_read_only_media_installs_and_verifies(
 KILL_AT = """
 import os, pathlib, signal, sys
 import pyrage
-import offline_asr.bundle.install as install
+import offline_asr.delivery.bundle.install as install
 
 def _die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)

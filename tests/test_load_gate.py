@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from offline_asr.audio import decode_audio
+from offline_asr.asr.audio import decode_audio
+from offline_asr.asr.device import check_weights
 from offline_asr.constants import CLIPS_DIR, VERIFY_CACHE_NAME
-from offline_asr.device import check_weights
 from offline_asr.errors import IntegrityError
+from offline_asr.registry.schemas import ModelMetadata
 from offline_asr.registry.store import ModelStore, write_atomic
-from offline_asr.schemas import ModelMetadata
 from support.helpers import Cli
 from support.server import free_port
 

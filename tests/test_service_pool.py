@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from offline_asr.audio import AudioLimits
+from offline_asr.asr.audio import AudioLimits
 from offline_asr.errors import ModelNotFoundError
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.metrics import Metrics

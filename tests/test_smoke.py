@@ -18,11 +18,11 @@ import onnxruntime
 import pytest
 
 from offline_asr.asr import base, gigaam_engine
-from offline_asr.goldens import decoded_differences, read_golden
-from offline_asr.matrix import offered_isas
-from offline_asr.pins import best_isa, cpu_flags
+from offline_asr.asr.goldens import decoded_differences, read_golden
+from offline_asr.asr.matrix import offered_isas
+from offline_asr.asr.pins import best_isa, cpu_flags
+from offline_asr.asr.smoke import check_smoke
 from offline_asr.registry.store import ModelStore, write_atomic
-from offline_asr.smoke import check_smoke
 from support.bundles import copy_store, sha256_of
 from support.helpers import COMMITTED_MANIFEST, Cli, run_cli
 

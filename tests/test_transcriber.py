@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from offline_asr.asr.audit import AuditLog
 from offline_asr.asr.base import DecodeOptions, Segment
-from offline_asr.audit import AuditLog
+from offline_asr.asr.transcriber import Cancelled, Transcriber
 from offline_asr.registry.store import ModelStore
-from offline_asr.transcriber import Cancelled, Transcriber
 from support.audio_fixtures import long_speech_wav
 
 pytestmark = pytest.mark.slow

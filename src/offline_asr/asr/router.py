@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from offline_asr.asr import engine_class
 from offline_asr.asr.base import (
     Audio,
     DecodeOptions,
@@ -13,13 +12,14 @@ from offline_asr.asr.base import (
     TranscriptionEngine,
     TranscriptionResult,
 )
+from offline_asr.asr.loader import engine_class
 from offline_asr.asr.whisper_engine import WhisperEngine
 from offline_asr.config import Settings
 from offline_asr.errors import SourceError
 from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.layouts import gigaam_onnx_asr_name
+from offline_asr.registry.schemas import Manifest, ModelMetadata
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest, ModelMetadata
 
 AUTO_MODEL = "auto"
 

@@ -18,10 +18,10 @@ from offline_asr.asr.base import (
     TranscriptionResult,
     Word,
 )
+from offline_asr.asr.device import choose_device
+from offline_asr.asr.pins import ctranslate2_facts, host_facts
 from offline_asr.asr.whisper_features import BlockedFeatureExtractor
-from offline_asr.device import choose_device
-from offline_asr.pins import ctranslate2_facts, host_facts
-from offline_asr.schemas import ModelMetadata
+from offline_asr.registry.schemas import ModelMetadata
 
 
 class WhisperEngine(TranscriptionEngine):

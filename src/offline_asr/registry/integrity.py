@@ -14,7 +14,7 @@ from typing import Literal
 
 from offline_asr.constants import CHECKSUM_NAME, GOLDENS_DIR, HASH_CHUNK
 from offline_asr.progress import Advance, byte_progress
-from offline_asr.schemas import Artifact, ModelMetadata
+from offline_asr.registry.schemas import Artifact, ModelMetadata
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,7 @@ from offline_asr.registry.layouts import (
     ctranslate2_weight_dtype,
     gigaam_layout,
 )
-from offline_asr.registry.store import ModelStore, diff_model, restore_files
-from offline_asr.schemas import (
+from offline_asr.registry.schemas import (
     ENGINES,
     MODEL_ID,
     Artifact,
@@ -41,6 +40,7 @@ from offline_asr.schemas import (
     Source,
     check_store_path,
 )
+from offline_asr.registry.store import ModelStore, diff_model, restore_files
 
 Quantization = Literal["int8", "float16", "float32"]
 GIGAAM_QUANTIZATIONS = (None, "float32", "int8")
@@ -351,7 +351,7 @@ def _install(
         (staging / NEW).rename(target)
         golden: str | None = None
         if smoke_missing:
-            from offline_asr.smoke import record_smoke  # loads the engines: only when needed
+            from offline_asr.asr.smoke import record_smoke  # loads the engines: only when needed
 
             recorded, golden_file = record_smoke(store, new, manifest.manifest_version + 1)
             new, golden = new.model_copy(update={"smoke": recorded}), golden_file.to_json()

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from offline_asr.constants import CHANGELOG_NAME, GOLDENS_DIR, LOCK_NAME, MANIFEST_ENV, STAGING_DIR
 from offline_asr.errors import ManifestError, ModelNotFoundError, StoreError
-from offline_asr.locking import exclusive
-from offline_asr.schemas import Manifest, ModelMetadata, describe_validation_error
+from offline_asr.fsutil import exclusive
+from offline_asr.registry.schemas import Manifest, ModelMetadata, describe_validation_error
 
 
 @dataclass

@@ -20,10 +20,10 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offline_asr import __version__
+from offline_asr.asr.audit import AuditLog
 from offline_asr.asr.base import DecodeOptions, Segment, TranscriptionResult
-from offline_asr.audit import AuditLog
+from offline_asr.asr.formats import render
 from offline_asr.errors import OfflineAsrError
-from offline_asr.formats import render
 from offline_asr.service.admission import Admission, QueueFullError
 from offline_asr.service.audit_trail import AuditTrail, facts_of
 from offline_asr.service.docs import add_docs

@@ -7,15 +7,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from offline_asr.asr.audio import AudioLimits
 from offline_asr.asr.base import fingerprint
 from offline_asr.asr.router import AUTO_MODEL
-from offline_asr.audio import AudioLimits
+from offline_asr.asr.transcriber import Transcriber
 from offline_asr.errors import ModelNotFoundError
 from offline_asr.registry.catalog import is_structural_test_model
+from offline_asr.registry.schemas import Manifest
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest
 from offline_asr.service.metrics import Metrics
-from offline_asr.transcriber import Transcriber
 
 
 @dataclass

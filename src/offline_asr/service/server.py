@@ -7,8 +7,8 @@ import sys
 
 from fastapi import FastAPI
 
-from offline_asr.audio import AudioLimits
-from offline_asr.audit import SECRET_BYTES, AuditLog, load_secret
+from offline_asr.asr.audio import AudioLimits
+from offline_asr.asr.audit import SECRET_BYTES, AuditLog, load_secret
 from offline_asr.offline import go_offline
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.app import create_app

@@ -12,9 +12,9 @@ from typing import Literal
 from offline_asr.config import Settings
 from offline_asr.errors import IntegrityError
 from offline_asr.registry.integrity import hash_files, symlink_on_path, unlisted_files
+from offline_asr.registry.schemas import ModelMetadata
 from offline_asr.registry.store import ModelStore
 from offline_asr.registry.verified_cache import VerifiedCache, file_identity
-from offline_asr.schemas import ModelMetadata
 
 Device = Literal["auto", "cpu", "cuda"]
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from offline_asr.envcheck import check_environment
+from offline_asr.asr.goldens import GoldenError
+from offline_asr.asr.smoke import check_smoke
+from offline_asr.delivery.envcheck import check_environment
 from offline_asr.errors import OfflineAsrError
-from offline_asr.goldens import GoldenError
 from offline_asr.registry.integrity import verify_models
+from offline_asr.registry.schemas import ModelMetadata
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import ModelMetadata
-from offline_asr.smoke import check_smoke
 
 Status = Literal["ok", "warn", "fail"]
 

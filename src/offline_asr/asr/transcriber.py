@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from offline_asr.asr import load_engine
+from offline_asr.asr.audio import AudioLimits, decode_audio
+from offline_asr.asr.audit import AuditLog, transcription_fields
 from offline_asr.asr.base import (
     Audio,
     DecodeOptions,
@@ -18,9 +19,8 @@ from offline_asr.asr.base import (
     TranscriptionEngine,
     TranscriptionResult,
 )
+from offline_asr.asr.loader import load_engine
 from offline_asr.asr.router import AUTO_MODEL, AutoRouter
-from offline_asr.audio import AudioLimits, decode_audio
-from offline_asr.audit import AuditLog, transcription_fields
 from offline_asr.constants import SAMPLE_RATE
 from offline_asr.errors import OfflineAsrError
 from offline_asr.registry.integrity import sha256_file

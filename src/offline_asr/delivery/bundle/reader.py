@@ -31,20 +31,25 @@ import zstandard
 from pydantic import BaseModel, ValidationError
 from pydantic_core import SchemaValidator
 
-from offline_asr.archives import zstd_tar_stream
-from offline_asr.bundle.contents import (
+from offline_asr.delivery.bundle.contents import (
     CONTENTS_NAME,
     MANIFEST_IN_BUNDLE,
     BundleContents,
     manifest_disagreements,
 )
-from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.limits import METADATA_LIMIT, SIDECAR_LIMIT, read_limited, too_large
-from offline_asr.bundle.signing import SIGNATURE_SUFFIX, load_public, verify
+from offline_asr.delivery.bundle.errors import BundleError
+from offline_asr.delivery.bundle.limits import (
+    METADATA_LIMIT,
+    SIDECAR_LIMIT,
+    read_limited,
+    too_large,
+)
+from offline_asr.delivery.bundle.signing import SIGNATURE_SUFFIX, load_public, verify
 from offline_asr.errors import OfflineAsrError
 from offline_asr.progress import byte_progress
+from offline_asr.registry.archives import zstd_tar_stream
 from offline_asr.registry.integrity import sha256_file
-from offline_asr.schemas import Manifest, check_store_path, describe_validation_error
+from offline_asr.registry.schemas import Manifest, check_store_path, describe_validation_error
 
 AGE_MAGIC = b"age-encryption.org/v1"
 CHUNK = 4 * 1024 * 1024

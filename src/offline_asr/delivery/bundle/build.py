@@ -19,21 +19,21 @@ from typing import BinaryIO
 import pyrage
 import zstandard
 
-from offline_asr.bundle.contents import (
+from offline_asr.asr.goldens import verify_manifest_golden
+from offline_asr.constants import CHECKSUM_NAME
+from offline_asr.delivery.bundle.contents import (
     CONTENTS_NAME,
     MANIFEST_IN_BUNDLE,
     BundleContents,
     BundleFile,
 )
-from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.signing import SIGNATURE_SUFFIX, load_private, sign
-from offline_asr.constants import CHECKSUM_NAME
+from offline_asr.delivery.bundle.errors import BundleError
+from offline_asr.delivery.bundle.signing import SIGNATURE_SUFFIX, load_private, sign
 from offline_asr.errors import OfflineAsrError
-from offline_asr.goldens import verify_manifest_golden
 from offline_asr.progress import Advance, byte_progress
 from offline_asr.registry.integrity import checksum_text, symlink_on_path
+from offline_asr.registry.schemas import Manifest
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest
 
 ZSTD_LEVEL = 3
 LOCK_FILES = ("requirements.lock", "uv.lock")

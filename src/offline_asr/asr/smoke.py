@@ -22,12 +22,9 @@ from typing import Literal
 import jiwer
 
 from offline_asr import __version__
-from offline_asr.asr import engine_class
+from offline_asr.asr.audio import decode_audio
 from offline_asr.asr.base import SCORE_TOLERANCE, DecodeOptions, TranscriptionResult, fingerprint
-from offline_asr.audio import decode_audio
-from offline_asr.constants import CLIPS_DIR, EXIT_BAD_INPUT, EXIT_CHECK_FAILED
-from offline_asr.errors import IntegrityError, OfflineAsrError
-from offline_asr.goldens import (
+from offline_asr.asr.goldens import (
     GoldenError,
     GoldenFile,
     decoded_differences,
@@ -40,10 +37,13 @@ from offline_asr.goldens import (
     verify_manifest_golden,
     write_golden,
 )
+from offline_asr.asr.loader import engine_class
+from offline_asr.constants import CLIPS_DIR, EXIT_BAD_INPUT, EXIT_CHECK_FAILED
+from offline_asr.errors import IntegrityError, OfflineAsrError
 from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.integrity import verify_models
+from offline_asr.registry.schemas import Manifest, ModelMetadata, SmokeTest
 from offline_asr.registry.store import ModelStore, diff_model, golden_path, restore_files
-from offline_asr.schemas import Manifest, ModelMetadata, SmokeTest
 
 CLIP_LANGUAGE = {"en_short.wav": "en", "en_second.wav": "en", "ru_short.wav": "ru"}
 VERSION_KEYS = ("ctranslate2", "faster-whisper", "onnx-asr", "onnxruntime", "numpy")

@@ -18,8 +18,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.limits import SIDECAR_LIMIT, read_limited
+from offline_asr.delivery.bundle.errors import BundleError
+from offline_asr.delivery.bundle.limits import SIDECAR_LIMIT, read_limited
 from offline_asr.errors import OfflineAsrError
 from offline_asr.registry.store import write_atomic
 

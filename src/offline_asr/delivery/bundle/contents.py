@@ -12,10 +12,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from offline_asr.bundle.limits import METADATA_LIMIT
 from offline_asr.constants import CHECKSUM_NAME
+from offline_asr.delivery.bundle.limits import METADATA_LIMIT
 from offline_asr.registry.integrity import checksum_text
-from offline_asr.schemas import MODEL_ID, Manifest, Sha256, StorePath
+from offline_asr.registry.schemas import MODEL_ID, Manifest, Sha256, StorePath
 
 BUNDLE_FORMAT: Literal[1] = 1
 CONTENTS_NAME = "bundle.json"

@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from offline_asr.bundle.contents import CONTENTS_NAME, MANIFEST_IN_BUNDLE, BundleFile
-from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.limits import SIDECAR_LIMIT, read_limited
-from offline_asr.bundle.reader import check_bundle
+from offline_asr.asr.goldens import GoldenError, verify_manifest_golden
+from offline_asr.delivery.bundle.contents import CONTENTS_NAME, MANIFEST_IN_BUNDLE, BundleFile
+from offline_asr.delivery.bundle.errors import BundleError
+from offline_asr.delivery.bundle.limits import SIDECAR_LIMIT, read_limited
+from offline_asr.delivery.bundle.reader import check_bundle
 from offline_asr.errors import OfflineAsrError
-from offline_asr.goldens import GoldenError, verify_manifest_golden
-from offline_asr.locking import exclusive
+from offline_asr.fsutil import exclusive
 from offline_asr.registry.integrity import sha256_file, verify_models
 from offline_asr.registry.store import ModelStore
 

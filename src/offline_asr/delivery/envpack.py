@@ -33,7 +33,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from offline_asr.constants import HASH_CHUNK
-from offline_asr.envcheck import LockedRequirement, read_lock
+from offline_asr.delivery.envcheck import LockedRequirement, read_lock
 from offline_asr.errors import OfflineAsrError
 from offline_asr.progress import progress_bar
 from offline_asr.registry.store import write_atomic

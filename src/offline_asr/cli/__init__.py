@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from offline_asr import __version__
+from offline_asr.asr.device import Device
 from offline_asr.config import Settings
 from offline_asr.constants import (
     EXIT_BAD_INPUT,
@@ -27,7 +28,6 @@ from offline_asr.constants import (
     MANIFEST_ENV,
     TARGET_LOCAL_GOLDENS_DIR,
 )
-from offline_asr.device import Device
 from offline_asr.errors import OfflineAsrError
 from offline_asr.offline import FETCHING_COMMANDS, go_offline
 from offline_asr.plain_output import columns, paint, write_lines
@@ -36,8 +36,8 @@ from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.changes import remove_model
 from offline_asr.registry.integrity import ModelReport, unregistered_paths, verify_models
 from offline_asr.registry.prepare import PrepareRequest, Quantization, prepare_model, restore_model
+from offline_asr.registry.schemas import Manifest, ModelMetadata
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest, ModelMetadata
 
 app = typer.Typer(
     help="Offline speech recognition: a verified registry of Whisper and GigaAM models.",
@@ -139,7 +139,7 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 def _key_files(public_key: str | None, identity: str | None) -> tuple[Path | None, Path | None]:
     """The bundle key files asked for; an empty setting is an error, never "no key"."""
-    from offline_asr.bundle.signing import public_key_setting
+    from offline_asr.delivery.bundle.signing import public_key_setting
 
     if identity is not None and not identity.strip():
         raise OfflineAsrError("--identity is empty: give the age identity file, or leave it out")
@@ -148,7 +148,7 @@ def _key_files(public_key: str | None, identity: str | None) -> tuple[Path | Non
 
 def _store(manifest: Path | None, target: Path | None = None) -> ModelStore:
     if target is not None:
-        from offline_asr.bundle.install import target_manifest
+        from offline_asr.delivery.bundle.install import target_manifest
 
         return ModelStore(target_manifest(target))
     path = manifest or Settings().model_registry_path
@@ -486,7 +486,7 @@ def smoke(
     if matrix:
         _smoke_matrix(store, chosen, isa, gemm, json_)
     elif record:
-        from offline_asr.smoke import record_manifest_goldens
+        from offline_asr.asr.smoke import record_manifest_goldens
 
         updated = record_manifest_goldens(store, ids)
         for model in chosen:
@@ -495,7 +495,7 @@ def smoke(
             out.print(Text(f"recorded {golden.golden} ({golden.golden_sha256})"))
         out.print(f"manifest_version is now {updated.manifest_version}")
     elif record_local:
-        from offline_asr.smoke import record_local_goldens
+        from offline_asr.asr.smoke import record_local_goldens
 
         for done in record_local_goldens(
             store, chosen, registry.manifest_version, folder, threads=threads
@@ -514,8 +514,8 @@ def _smoke_check(
     threads: int,
     json_: bool,
 ) -> None:
-    from offline_asr.goldens import GoldenError
-    from offline_asr.smoke import check_smoke, smoke_exit_code
+    from offline_asr.asr.goldens import GoldenError
+    from offline_asr.asr.smoke import check_smoke, smoke_exit_code
 
     reports, bad = [], []
     for model in chosen:
@@ -552,7 +552,7 @@ def _smoke_matrix(
     gemms: list[str] | None,
     json_: bool,
 ) -> None:
-    from offline_asr import matrix as m
+    from offline_asr.asr import matrix as m
     from offline_asr.progress import step_progress
 
     offered = m.offered_isas()
@@ -639,10 +639,10 @@ def transcribe(
     others are still transcribed."""
     from pydantic import ValidationError
 
+    from offline_asr.asr.audit import AuditLog
     from offline_asr.asr.base import DecodeOptions
-    from offline_asr.audit import AuditLog
-    from offline_asr.formats import FILE_SUFFIX, render
-    from offline_asr.transcriber import Transcriber
+    from offline_asr.asr.formats import FILE_SUFFIX, render
+    from offline_asr.asr.transcriber import Transcriber
 
     try:
         options = DecodeOptions(
@@ -746,7 +746,7 @@ def audit_report(
 ) -> None:
     """Who used which model version: requests, audio hours and errors per model_id,
     manifest_version and client."""
-    from offline_asr.audit_report import build_report
+    from offline_asr.asr.audit_report import build_report
 
     report = build_report(logs, since=since, until=until)
     if json_:
@@ -779,12 +779,12 @@ def bundle_build(
     Rebuilding from the same inputs gives the same bytes (unless encrypted)."""
     import tempfile
 
-    from offline_asr.bundle.build import build_bundle
+    from offline_asr.delivery.bundle.build import build_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         wheels = None
         if with_wheels:
-            from offline_asr.envpack import download_wheels
+            from offline_asr.delivery.envpack import download_wheels
 
             wheels = download_wheels(locks_from / "requirements.lock", Path(tmp))
         result = build_bundle(
@@ -813,7 +813,7 @@ def bundle_verify(
     sidecar, the signature (when a public key is given), bundle.json, the manifest and their
     agreement, every file. Only checks of an install target (free disk, a delta's base release)
     are left to install. An encrypted bundle's contents need --identity."""
-    from offline_asr.bundle.reader import verify_bundle
+    from offline_asr.delivery.bundle.reader import verify_bundle
 
     key, age = _key_files(public_key, identity)
     checked = verify_bundle(bundle, public_key=key, identity=age)
@@ -843,7 +843,7 @@ def bundle_install(
     safely into a new release, then check a delta's base release and every artifact as
     written, and switch TARGET/current to it atomically. The previous release stays for
     rollback; what killed installs left behind is removed first."""
-    from offline_asr.bundle.install import install_bundle
+    from offline_asr.delivery.bundle.install import install_bundle
 
     key, age = _key_files(public_key, identity)
     release = install_bundle(bundle, target, public_key=key, identity=age)
@@ -854,7 +854,7 @@ def bundle_install(
 @reports_errors
 def bundle_list(target: Annotated[Path, typer.Option(help="Install root")]) -> None:
     """Installed releases; `*` marks the current one."""
-    from offline_asr.bundle.install import list_releases
+    from offline_asr.delivery.bundle.install import list_releases
 
     releases = list_releases(target)
     if not releases:
@@ -870,7 +870,7 @@ def bundle_list(target: Annotated[Path, typer.Option(help="Install root")]) -> N
 def bundle_rollback(target: Annotated[Path, typer.Option(help="Install root")]) -> None:
     """Switch TARGET/current back to the previous release, atomically, once every artifact of
     that release is verified against its manifest (exit 1, nothing switched, if one is not)."""
-    from offline_asr.bundle.install import rollback
+    from offline_asr.delivery.bundle.install import rollback
 
     release = rollback(target)
     out.print(f"current -> v{release.version}")
@@ -884,7 +884,7 @@ def bundle_prune(
 ) -> None:
     """Delete old releases, keeping the newest KEEP and the current one, and what killed
     installs left behind (staging folders, temporary links)."""
-    from offline_asr.bundle.install import prune
+    from offline_asr.delivery.bundle.install import prune
 
     removed, leftovers = prune(target, keep)
     out.print("removed " + (", ".join(f"v{v}" for v in removed) or "nothing"))
@@ -905,7 +905,7 @@ def bundle_keygen(
     ),
 ) -> None:
     """Make an Ed25519 key pair for signing bundles."""
-    from offline_asr.bundle.signing import generate_keypair
+    from offline_asr.delivery.bundle.signing import generate_keypair
 
     key_id = generate_keypair(private, public)
     out.print(f"wrote {private} and {public} (key id {key_id})")
@@ -928,7 +928,7 @@ def doctor(
     anything fails; goldens of another class are a warning, not a failure."""
     from dataclasses import asdict
 
-    from offline_asr.doctor import run_doctor
+    from offline_asr.delivery.doctor import run_doctor
 
     store = _store(manifest, target)
     default_lock = target / "current" / "locks" / "requirements.lock" if target else None
@@ -967,7 +967,7 @@ def env_check(
 ) -> None:
     """Python, packages, CTranslate2, ONNX Runtime, FFmpeg, CUDA, CPU ISA and free disk
     against the lock; exit 1 on a mismatch that matters, with what to do about it."""
-    from offline_asr.envcheck import check_environment
+    from offline_asr.delivery.envcheck import check_environment
 
     report = check_environment(lock, _store(manifest).root)
     if json_:
@@ -990,7 +990,7 @@ def env_pack(
 ) -> None:
     """Wheelhouse + lock + INSTALL.txt as envs/python{XY}_{cpu|cuda12}.tar.gz (+ .sha256),
     for `pip install --no-index --require-hashes` on a machine without network."""
-    from offline_asr.envpack import pack_environment
+    from offline_asr.delivery.envpack import pack_environment
 
     result = pack_environment(lock, out_dir, platform_tag=platform_tag)
     out.print(f"wrote {result.archive} ({result.size:,} bytes, {len(result.wheels)} wheels)")
