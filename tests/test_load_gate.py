@@ -19,8 +19,9 @@ from offline_asr.asr.audio import decode_audio
 from offline_asr.asr.device import check_weights
 from offline_asr.constants import CLIPS_DIR, VERIFY_CACHE_NAME
 from offline_asr.errors import IntegrityError
+from offline_asr.fsutil import write_atomic
 from offline_asr.registry.schemas import ModelMetadata
-from offline_asr.registry.store import ModelStore, write_atomic
+from offline_asr.registry.store import ModelStore
 from support.helpers import Cli
 from support.server import free_port
 
@@ -150,7 +151,7 @@ def _forged_cache(store: ModelStore) -> str:
     weights = store.root / "whisper" / "tiny.en" / "model.bin"
     expected = next(a.sha256 for a in model.artifacts if a.path.endswith("/model.bin"))
     _alter_keeping_size_and_mtime(weights)
-    from offline_asr.registry.integrity import sha256_file
+    from offline_asr.fsutil import sha256_file
 
     actual = sha256_file(weights).sha256
     lying = model.model_copy(

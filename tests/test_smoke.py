@@ -22,7 +22,8 @@ from offline_asr.asr.goldens import decoded_differences, read_golden
 from offline_asr.asr.matrix import offered_isas
 from offline_asr.asr.pins import best_isa, cpu_flags
 from offline_asr.asr.smoke import check_smoke
-from offline_asr.registry.store import ModelStore, write_atomic
+from offline_asr.fsutil import write_atomic
+from offline_asr.registry.store import ModelStore
 from support.bundles import copy_store, sha256_of
 from support.helpers import COMMITTED_MANIFEST, Cli, run_cli
 

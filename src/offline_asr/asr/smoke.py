@@ -10,7 +10,6 @@ compares with fleet-local goldens if it has them (`models smoke --record-local`)
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import platform
 import re
@@ -40,6 +39,7 @@ from offline_asr.asr.goldens import (
 from offline_asr.asr.loader import engine_class
 from offline_asr.constants import CLIPS_DIR, EXIT_BAD_INPUT, EXIT_CHECK_FAILED
 from offline_asr.errors import IntegrityError, OfflineAsrError
+from offline_asr.fsutil import sha256_file
 from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.integrity import verify_models
 from offline_asr.registry.schemas import Manifest, ModelMetadata, SmokeTest
@@ -99,7 +99,7 @@ def default_smoke(model: ModelMetadata) -> SmokeTest:
     is_test_model = is_structural_test_model(model)
     return SmokeTest(
         audio=name,
-        audio_sha256=hashlib.sha256((CLIPS_DIR / name).read_bytes()).hexdigest(),
+        audio_sha256=sha256_file(CLIPS_DIR / name).sha256,
         language=CLIP_LANGUAGE[name],
         reference_text=references[name],
         max_wer=None if is_test_model else 0.15 if model.engine == "whisper" else 0.3,
@@ -117,7 +117,7 @@ def _run(
     path = clip_path(store, smoke.audio)
     if not path.is_file():
         raise IntegrityError(f"smoke clip {smoke.audio} of {model.id!r} is missing ({path})")
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    actual = sha256_file(path).sha256
     if actual != smoke.audio_sha256:
         raise IntegrityError(
             f"smoke clip {path} has sha256 {actual}, the manifest says {smoke.audio_sha256}"
@@ -254,7 +254,7 @@ def record_local_goldens(
                 f"cannot write fleet-local goldens into {folder} ({error.strerror}); choose "
                 "another folder with --local-goldens"
             ) from error
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path).sha256
         record = {
             "time": golden.recorded_at.isoformat(), "model_id": model.id,
             "file": str(path.relative_to(folder)), "sha256": digest,

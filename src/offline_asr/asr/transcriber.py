@@ -23,7 +23,7 @@ from offline_asr.asr.loader import load_engine
 from offline_asr.asr.router import AUTO_MODEL, AutoRouter
 from offline_asr.constants import SAMPLE_RATE
 from offline_asr.errors import OfflineAsrError
-from offline_asr.registry.integrity import sha256_file
+from offline_asr.fsutil import sha256_file
 from offline_asr.registry.store import ModelStore
 
 OnFields = Callable[[dict[str, Any]], None]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import threading
@@ -13,36 +12,9 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from offline_asr.constants import CHECKSUM_NAME, GOLDENS_DIR, HASH_CHUNK
+from offline_asr.fsutil import FileDigest, sha256_file
 from offline_asr.progress import Advance, byte_progress
 from offline_asr.registry.schemas import Artifact, ModelMetadata
-
-
-@dataclass(frozen=True)
-class FileDigest:
-    sha256: str
-    size: int
-
-
-def sha256_file(path: Path, advance: Advance | None = None) -> FileDigest:
-    """Stream a file through sha256 in large chunks (hashlib releases the GIL on them).
-
-    The buffer is no larger than the file: zeroing a 4 MiB buffer for each of 100,000 small
-    files cost more than hashing them.
-    """
-    digest = hashlib.sha256()
-    size = 0
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # a third of the cost of open() per file
-    try:
-        buffer = bytearray(min(HASH_CHUNK, os.fstat(fd).st_size + 1))
-        view = memoryview(buffer)
-        while count := os.readv(fd, [buffer]):
-            digest.update(view[:count])
-            size += count
-            if advance is not None:
-                advance(count)
-    finally:
-        os.close(fd)
-    return FileDigest(digest.hexdigest(), size)
 
 
 def hash_files(paths: Iterable[Path], description: str = "hashing") -> dict[Path, FileDigest]:

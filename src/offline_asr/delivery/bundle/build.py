@@ -30,6 +30,7 @@ from offline_asr.delivery.bundle.contents import (
 from offline_asr.delivery.bundle.errors import BundleError
 from offline_asr.delivery.bundle.signing import SIGNATURE_SUFFIX, load_private, sign
 from offline_asr.errors import OfflineAsrError
+from offline_asr.fsutil import sha256_bytes, sha256_file
 from offline_asr.progress import Advance, byte_progress
 from offline_asr.registry.integrity import checksum_text, symlink_on_path
 from offline_asr.registry.schemas import Manifest
@@ -77,10 +78,6 @@ class BuildResult:
 
 def bundle_name(manifest_version: int, *, encrypted: bool) -> str:
     return f"offline_bundle_v{manifest_version}.tar.zst" + (".age" if encrypted else "")
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _entries(
@@ -158,7 +155,7 @@ def _file_hashes(entries: list[Entry]) -> Iterator[BundleFile]:
             digest = entry.expected_sha256  # checked against the bytes while packing
         else:
             assert entry.source is not None
-            digest = hashlib.file_digest(entry.source.open("rb"), "sha256").hexdigest()
+            digest = sha256_file(entry.source).sha256
         yield BundleFile(path=entry.arcname, sha256=digest, size=entry.size)
 
 
@@ -269,7 +266,7 @@ def build_bundle(
     finally:
         for leftover in out_dir.glob(f".{final.name}.partial*"):
             leftover.unlink()
-    digest = hashlib.file_digest(final.open("rb"), "sha256").hexdigest()
+    digest = sha256_file(final).sha256
     final.with_name(final.name + ".sha256").write_text(f"{digest}  {final.name}\n")
     signature = None
     if key is not None:

@@ -28,8 +28,8 @@ from offline_asr.delivery.bundle.errors import BundleError
 from offline_asr.delivery.bundle.limits import SIDECAR_LIMIT, read_limited
 from offline_asr.delivery.bundle.reader import check_bundle
 from offline_asr.errors import OfflineAsrError
-from offline_asr.fsutil import exclusive
-from offline_asr.registry.integrity import sha256_file, verify_models
+from offline_asr.fsutil import exclusive, fsync_dir, sha256_file
+from offline_asr.registry.integrity import verify_models
 from offline_asr.registry.store import ModelStore
 
 RELEASE = re.compile(r"^v(\d+)$")
@@ -78,11 +78,7 @@ def switch_current(target: Path, release: Path) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(release.relative_to(target))
     link.replace(target / "current")
-    dir_fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(target)
 
 
 def release_problems(release: Path, version: int) -> list[str]:
