@@ -42,12 +42,13 @@ import onnxruntime  # noqa: E402
 from faster_whisper import WhisperModel  # noqa: E402
 
 from offline_asr.asr.audio import decode_audio  # noqa: E402
-from offline_asr.asr.base import Audio, DecodeOptions, TranscriptionEngine  # noqa: E402
+from offline_asr.asr.base import DecodeOptions, TranscriptionEngine  # noqa: E402
 from offline_asr.asr.gigaam_engine import DEFAULT_BATCH, plan_chunks  # noqa: E402
 from offline_asr.asr.loader import load_engine  # noqa: E402
 from offline_asr.asr.smoke import word_error_rate  # noqa: E402
 from offline_asr.asr.whisper_engine import WhisperEngine  # noqa: E402
-from offline_asr.constants import CLIPS_DIR, SAMPLE_RATE  # noqa: E402
+from offline_asr.constants import CLIPS_DIR  # noqa: E402
+from offline_asr.pcm import SAMPLE_RATE, Audio  # noqa: E402
 from offline_asr.registry.layouts import gigaam_onnx_asr_name  # noqa: E402
 from offline_asr.registry.store import ModelStore  # noqa: E402
 

@@ -29,7 +29,8 @@ from offline_asr.asr.audio import (
     duration_seconds,
     from_array,
 )
-from offline_asr.constants import EXIT_BAD_INPUT, SAMPLE_RATE
+from offline_asr.constants import EXIT_BAD_INPUT
+from offline_asr.pcm import SAMPLE_RATE
 from support.audio_fixtures import (
     CLIP,
     CLIP_SECONDS,

@@ -9,7 +9,8 @@ from faster_whisper.feature_extractor import FeatureExtractor
 
 from offline_asr.asr.audio import decode_audio
 from offline_asr.asr.whisper_features import BLOCK_FRAMES, BlockedFeatureExtractor
-from offline_asr.constants import CLIPS_DIR, SAMPLE_RATE
+from offline_asr.constants import CLIPS_DIR
+from offline_asr.pcm import SAMPLE_RATE
 from offline_asr.registry.store import ModelStore
 from support.memory import peak_growth_mb
 

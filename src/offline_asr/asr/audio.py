@@ -24,10 +24,9 @@ from av.container import InputContainer
 from av.error import FFmpegError
 from av.stream import Disposition
 
-from offline_asr.asr.base import Audio
 from offline_asr.config import Settings
-from offline_asr.constants import SAMPLE_RATE
 from offline_asr.errors import OfflineAsrError
+from offline_asr.pcm import SAMPLE_RATE, Audio
 
 # Digital silence: no sample above -70 dBFS (about ten steps of 16-bit audio).
 SILENCE_PEAK = 10 ** (-70 / 20)

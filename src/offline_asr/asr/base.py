@@ -9,17 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from offline_asr.asr.device import Device, check_weights
 from offline_asr.errors import OfflineAsrError
+from offline_asr.pcm import Audio
 from offline_asr.registry.schemas import ModelMetadata
 from offline_asr.registry.store import ModelStore
-
-Audio = npt.NDArray[np.float32]
-"""16 kHz mono float32 samples in [-1, 1] (see `offline_asr.asr.audio`)."""
 
 
 class DecodeOptions(BaseModel):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from offline_asr.asr.base import (
-    Audio,
     DecodeOptions,
     EngineError,
     OnSegment,
@@ -16,6 +15,7 @@ from offline_asr.asr.loader import engine_class
 from offline_asr.asr.whisper_engine import WhisperEngine
 from offline_asr.config import Settings
 from offline_asr.errors import SourceError
+from offline_asr.pcm import Audio
 from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.layouts import gigaam_onnx_asr_name
 from offline_asr.registry.schemas import Manifest, ModelMetadata

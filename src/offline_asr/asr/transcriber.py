@@ -12,7 +12,6 @@ from typing import Any, BinaryIO, Protocol
 from offline_asr.asr.audio import AudioLimits, decode_audio
 from offline_asr.asr.audit import AuditLog, transcription_fields
 from offline_asr.asr.base import (
-    Audio,
     DecodeOptions,
     OnSegment,
     Segment,
@@ -21,9 +20,9 @@ from offline_asr.asr.base import (
 )
 from offline_asr.asr.loader import load_engine
 from offline_asr.asr.router import AUTO_MODEL, AutoRouter
-from offline_asr.constants import SAMPLE_RATE
 from offline_asr.errors import OfflineAsrError
 from offline_asr.fsutil import sha256_file
+from offline_asr.pcm import SAMPLE_RATE, Audio
 from offline_asr.registry.store import ModelStore
 
 OnFields = Callable[[dict[str, Any]], None]
