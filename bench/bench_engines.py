@@ -44,12 +44,13 @@ from faster_whisper import WhisperModel  # noqa: E402
 from offline_asr.asr.audio import decode_audio  # noqa: E402
 from offline_asr.asr.base import DecodeOptions, TranscriptionEngine  # noqa: E402
 from offline_asr.asr.gigaam_engine import DEFAULT_BATCH, plan_chunks  # noqa: E402
-from offline_asr.asr.loader import load_engine  # noqa: E402
+from offline_asr.asr.loader import LoadOptions, load_engine  # noqa: E402
 from offline_asr.asr.smoke import word_error_rate  # noqa: E402
 from offline_asr.asr.whisper_engine import WhisperEngine  # noqa: E402
 from offline_asr.constants import CLIPS_DIR  # noqa: E402
 from offline_asr.pcm import SAMPLE_RATE, Audio  # noqa: E402
 from offline_asr.registry.layouts import gigaam_onnx_asr_name  # noqa: E402
+from offline_asr.registry.snapshot import ManifestSnapshot  # noqa: E402
 from offline_asr.registry.store import ModelStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +152,9 @@ def _row(
 
 def _load_timed(store: ModelStore, model_id: str) -> tuple[TranscriptionEngine, float]:
     start = time.perf_counter()
-    engine = load_engine(store, model_id, device="cpu", threads=THREADS)
+    engine = load_engine(
+        ManifestSnapshot.read(store), model_id, LoadOptions(device="cpu", threads=THREADS)
+    )
     return engine, time.perf_counter() - start
 
 

@@ -67,8 +67,9 @@ decode_audio(sys.argv[1])
 _OURS_FIRST_SEGMENT = """
 from offline_asr.asr.loader import load_engine
 from offline_asr.asr.audio import decode_audio
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
-engine = load_engine(ModelStore(Path(sys.argv[2])), sys.argv[3])
+engine = load_engine(ManifestSnapshot.read(ModelStore(Path(sys.argv[2]))), sys.argv[3])
 before = peak()
 try:
     engine.transcribe(decode_audio(Path(sys.argv[1])), on_segment=stop)

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from offline_asr.asr.audio import decode_audio
-from offline_asr.asr.device import check_weights
-from offline_asr.constants import CLIPS_DIR, VERIFY_CACHE_NAME
+from offline_asr.constants import CLIPS_DIR, DEFAULT_BUNDLE_HINT, VERIFY_CACHE_NAME
 from offline_asr.errors import IntegrityError
 from offline_asr.fsutil import write_atomic
+from offline_asr.registry.integrity import check_before_load
 from offline_asr.registry.schemas import ModelMetadata
 from offline_asr.registry.store import ModelStore
 from support.helpers import Cli
@@ -96,6 +96,11 @@ def test_gigaam_refuses_an_unlisted_file_that_changes_the_transcript(
     (folder / "config.json").write_text(json.dumps(config | {"version": "v2"}))
     assert _gigaam_text(folder) != clean, "the hostile file must matter for this test to mean much"
     _refused_everywhere(cli, store, GIGAAM, RU, "gigaam/v3-ctc-testtiny/config.json")
+
+
+def check_weights(store: ModelStore, model: ModelMetadata) -> None:
+    """The check every engine makes before a load, with the default hint."""
+    check_before_load(store.root, model, hint=DEFAULT_BUNDLE_HINT)
 
 
 def test_the_refusal_says_what_to_do(tiny_store: ModelStore) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from offline_asr.asr import base, gigaam_engine
 from offline_asr.asr.goldens import decoded_differences, read_golden
+from offline_asr.asr.loader import LoadOptions
 from offline_asr.asr.matrix import offered_isas
 from offline_asr.asr.pins import best_isa, cpu_flags
 from offline_asr.asr.smoke import check_smoke
@@ -135,7 +136,9 @@ def test_onnxruntime_options_do_not_change_the_decoded_content(
 
     monkeypatch.setattr(gigaam_engine, "pinned_session_options", options)
     model = small_store.get(small_store.load(), GIGAAM)
-    report = check_smoke(small_store, model, small_store.load().manifest_version)
+    report = check_smoke(
+        small_store, model, small_store.load().manifest_version, options=LoadOptions()
+    )
     assert report.verdict == "match", report.problems + report.differences
 
 
@@ -302,7 +305,7 @@ def test_weights_altered_after_their_load_are_named(
     data = bytearray(onnx.read_bytes())
     data[-12000:-4000] = bytes(8000)
     onnx.write_bytes(bytes(data))
-    monkeypatch.setattr(base, "check_weights", lambda *args, **kwargs: None)
+    monkeypatch.setattr(base, "check_before_load", lambda *args, **kwargs: None)
     result = cli("models", "smoke", GIGAAM, manifest=store.manifest_path)
     assert result.exit_code == 1, result.stdout + result.stderr
     text = " ".join(result.stdout.split())

@@ -64,9 +64,10 @@ _FIRST_SEGMENT = """
 import numpy as np
 from offline_asr.asr.loader import load_engine
 from offline_asr.asr.audio import decode_audio
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
 
-engine = load_engine(ModelStore(Path(sys.argv[1])), "whisper-tiny.en")
+engine = load_engine(ManifestSnapshot.read(ModelStore(Path(sys.argv[1]))), "whisper-tiny.en")
 audio = np.resize(decode_audio(Path(sys.argv[2])), 3600 * 16000)
 before = peak()
 try:

@@ -35,6 +35,7 @@ from offline_asr.asr.pins import (
 )
 from offline_asr.asr.smoke import CLIP_LANGUAGE
 from offline_asr.registry.schemas import ModelMetadata
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
 
 GEMMS = ("onednn", "mkl")
@@ -182,16 +183,16 @@ def run_matrix(
 def _worker(manifest: Path, threads: int, ids: list[str]) -> dict[str, Any]:
     from offline_asr.asr.audio import decode_audio
     from offline_asr.asr.base import DecodeOptions
-    from offline_asr.asr.loader import engine_class
+    from offline_asr.asr.loader import LoadOptions, load_engine
+    from offline_asr.config import Settings
     from offline_asr.constants import CLIPS_DIR
 
-    store = ModelStore(manifest)
-    registry = store.load()
+    snapshot = ManifestSnapshot.read(ModelStore(manifest))
+    load = LoadOptions.from_settings(Settings.load(), threads=threads)  # a process's edge
     payload: dict[str, Any] = {"runtime": {}, "models": {}}
     for model_id in ids:
-        model = store.get(registry, model_id)
-        engine = engine_class(model.engine)(store, threads=threads)
-        engine.load_entry(model, registry.manifest_version)
+        model = snapshot.entry(model_id)
+        engine = load_engine(snapshot, model_id, load)
         outputs = payload["models"].setdefault(model_id, {})
         for clip in clips_for(model):
             options = DecodeOptions(language=CLIP_LANGUAGE[clip], word_timestamps=True)

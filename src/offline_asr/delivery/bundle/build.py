@@ -32,7 +32,7 @@ from offline_asr.delivery.bundle.signing import SIGNATURE_SUFFIX, load_private, 
 from offline_asr.errors import OfflineAsrError
 from offline_asr.fsutil import sha256_bytes, sha256_file
 from offline_asr.progress import Advance, byte_progress
-from offline_asr.registry.integrity import checksum_text, symlink_on_path
+from offline_asr.registry.integrity import artifact_problem, checksum_text
 from offline_asr.registry.schemas import Manifest
 from offline_asr.registry.store import ModelStore
 
@@ -220,15 +220,9 @@ def build_bundle(
     # one read of each file, not a verification pass and then a packing pass.
     for model in chosen:
         for artifact in model.artifacts:
-            path = store.root / artifact.path
-            if symlink_on_path(store.root, artifact.path) or not path.is_file():
+            if (problem := artifact_problem(store.root, artifact)) is not None:
                 raise BundleError(
-                    f"{artifact.path} of {model.id!r} is missing or a link; run `models verify`"
-                )
-            if path.stat().st_size != artifact.size:
-                raise BundleError(
-                    f"{artifact.path} of {model.id!r} has another size than the manifest says; "
-                    "run `models verify`"
+                    f"model {model.id!r}: {problem.sentence()}; run `offline-asr models verify`"
                 )
     manifest = full.model_copy(update={"models": chosen})
     base = None

@@ -102,7 +102,7 @@ def release_problems(release: Path, version: int) -> list[str]:
     if not manifest.models:
         return [f"{MANIFEST_IN_BUNDLE} lists no models"]
     problems = [
-        f"models/{problem.path} {problem.problem} ({problem.detail})"
+        f"models/{problem.sentence()}"
         for report in verify_models(store.root, manifest.models)
         for problem in report.problems
     ]
