@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pytest
 from pydantic import AliasChoices
 
 from offline_asr.service.settings import ServiceSettings
+from support.bundles import invoke
 from support.helpers import REPO
 
 ROW = re.compile(r"^\| (`[A-Z0-9_]+`(?: / `[A-Z0-9_]+`)*) \|[^|]*\| ([^|]*) \|", re.MULTILINE)
@@ -46,3 +49,34 @@ def test_every_config_key_in_the_table_is_a_setting() -> None:
     keyed = {variable: key for variable, key in _table().items() if key}
     assert keyed == {variable: key for variable, key in _model().items() if variable in keyed}
     assert set(keyed.values()) <= set(ServiceSettings.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "does not exist"),
+        (b"manifest = [\n", "cannot read the settings file"),
+        (b"\xff\xfe", "cannot read the settings file"),
+    ],
+    ids=["missing", "not-toml", "not-utf8"],
+)
+def test_a_bad_settings_file_is_bad_input_for_every_command(
+    tmp_path: Path, content: bytes | None, expected: str
+) -> None:
+    """OFFLINE_ASR_CONFIG applies to every command: a file that cannot be used stops it (exit 2)
+    with the file named, never a traceback or settings nobody chose."""
+    config = tmp_path / "settings.toml"
+    if content is not None:
+        config.write_bytes(content)
+    outcome = invoke("models", "list", env={"OFFLINE_ASR_CONFIG": str(config)})
+    assert outcome.exit_code == 2, outcome.text
+    assert expected in outcome.text and str(config) in outcome.text
+    assert "Traceback" not in outcome.text
+
+
+def test_the_settings_file_applies_to_every_command(tmp_path: Path) -> None:
+    """A key in the TOML file is used by a command other than `serve`, under the environment."""
+    config = tmp_path / "settings.toml"
+    config.write_text(f'manifest = "{tmp_path / "elsewhere" / "manifest.json"}"\n')
+    outcome = invoke("models", "list", env={"OFFLINE_ASR_CONFIG": str(config)})
+    assert outcome.exit_code == 2 and "elsewhere/manifest.json does not exist" in outcome.text

@@ -7,6 +7,7 @@ model with the server's own knobs; README's settings table lists both (a test ke
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -115,12 +116,22 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> Self:
-        """Flags (None means not given) over environment over the TOML file over defaults."""
+        """Flags (None means not given) over environment over the TOML file over defaults.
+
+        A settings file that is named but missing, unreadable or not TOML stops the command:
+        ignoring it would run with settings nobody chose.
+        """
+        if config_file is not None and not config_file.is_file():
+            raise SettingsError(
+                f"the settings file {config_file} does not exist (or is not a file)"
+            )
         cls.config_file = config_file
         try:
             return cls(**{name: value for name, value in flags.items() if value is not None})
         except ValidationError as error:
             raise SettingsError(f"the settings are not valid:\n{cls._describe(error)}") from error
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise SettingsError(f"cannot read the settings file {config_file}: {error}") from error
         finally:
             cls.config_file = None
 
