@@ -16,7 +16,7 @@ Batched long-form against sequential on the 5-minute file is in `bench_engines.p
 
 from __future__ import annotations
 
-from offline_asr.pins import pin_runtime
+from offline_asr.asr.pins import pin_runtime
 
 pin_runtime()
 
@@ -33,9 +33,10 @@ import httpx2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_service import CLIP_PATHS, MANIFEST, MODEL, _batch, _post, _server  # noqa: E402
+from offline_asr.asr.audio import decode_audio  # noqa: E402
 from offline_asr.asr.workers import usable_cores  # noqa: E402
-from offline_asr.audio import decode_audio  # noqa: E402
-from offline_asr.constants import CLIPS_DIR, SAMPLE_RATE  # noqa: E402
+from offline_asr.constants import CLIPS_DIR  # noqa: E402
+from offline_asr.pcm import SAMPLE_RATE  # noqa: E402
 
 REQUESTS = 12
 RATE = "req/s (ratio: higher better)"
@@ -125,7 +126,7 @@ import offline_asr, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from offline_asr.asr import load_engine
-from offline_asr.audio import decode_audio
+from offline_asr.asr.audio import decode_audio
 from offline_asr.registry.store import ModelStore
 import resource
 workers = int(sys.argv[2])

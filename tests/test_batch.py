@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from offline_asr.asr.goldens import read_golden
+from offline_asr.asr.smoke import word_error_rate
 from offline_asr.batch.inputs import collect_inputs
 from offline_asr.batch.results import ResultsError, open_results
 from offline_asr.errors import OfflineAsrError
-from offline_asr.goldens import read_golden
-from offline_asr.registry.integrity import sha256_file
+from offline_asr.fsutil import sha256_file
 from offline_asr.registry.store import ModelStore
-from offline_asr.smoke import word_error_rate
 from support.batch_files import (
     REFERENCES,
     decoded_of,

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from offline_asr.asr import load_engine
+from offline_asr.asr.audio import decode_audio
 from offline_asr.asr.base import DecodeOptions, TranscriptionEngine
+from offline_asr.asr.goldens import read_golden
+from offline_asr.asr.loader import LoadOptions, load_engine
+from offline_asr.asr.smoke import word_error_rate
 from offline_asr.asr.workers import WorkerPlan, usable_cores
-from offline_asr.audio import decode_audio
 from offline_asr.constants import CLIPS_DIR, DEFAULT_LONG_FORM_BATCH
-from offline_asr.goldens import read_golden
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.settings import ServiceSettings
-from offline_asr.smoke import word_error_rate
 from support.long_audio import long_speech
 from test_service_api import clean_settings_env
 
@@ -58,12 +59,16 @@ def test_workers_is_one_setting_from_flag_env_or_toml(
 @pytest.fixture(scope="module")
 def engines(full_store: ModelStore) -> dict[str, TranscriptionEngine]:
     """One worker with two threads, and two workers with one thread each."""
+    snapshot = ManifestSnapshot.read(full_store)
+
+    def plan(workers: int, threads: int) -> LoadOptions:
+        return LoadOptions(device="cpu", workers=workers, threads=threads,
+                           long_form_batch_size=DEFAULT_LONG_FORM_BATCH)  # fmt: skip
+
     return {
-        "1x2": load_engine(full_store, TINY, device="cpu", workers=1, threads=2,
-                           long_form_batch_size=DEFAULT_LONG_FORM_BATCH),
-        "2x1": load_engine(full_store, TINY, device="cpu", workers=2, threads=1,
-                           long_form_batch_size=DEFAULT_LONG_FORM_BATCH),
-    }  # fmt: skip
+        "1x2": load_engine(snapshot, TINY, plan(1, 2)),
+        "2x1": load_engine(snapshot, TINY, plan(2, 1)),
+    }
 
 
 def test_concurrent_workers_reproduce_the_committed_golden(

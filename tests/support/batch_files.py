@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from offline_asr.asr.audio import decode_audio
 from offline_asr.asr.base import Decoded
-from offline_asr.audio import decode_audio
-from offline_asr.constants import CLIPS_DIR, SAMPLE_RATE
+from offline_asr.constants import CLIPS_DIR
+from offline_asr.pcm import SAMPLE_RATE
 from support.long_audio import write_wav
 
 REFERENCES: dict[str, str] = json.loads((CLIPS_DIR / "references.json").read_text("utf-8"))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_asr.audio import decode_audio
-from offline_asr.constants import CLIPS_DIR, SAMPLE_RATE
+from offline_asr.asr.audio import decode_audio
+from offline_asr.constants import CLIPS_DIR
+from offline_asr.pcm import SAMPLE_RATE
 
 CLIPS = ("en_short.wav", "en_second.wav")
 

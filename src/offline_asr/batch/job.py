@@ -15,7 +15,7 @@ from pathlib import Path
 from offline_asr.batch.lines import Line, copy_line, error_line
 from offline_asr.batch.results import ResultsFile
 from offline_asr.batch.work import Runner
-from offline_asr.registry.integrity import sha256_file
+from offline_asr.fsutil import sha256_file
 
 OnDone = Callable[[int, float], None]
 """Told (files, seconds of audio) as files are settled: for the progress bar."""

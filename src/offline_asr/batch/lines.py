@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from offline_asr.asr.base import DecodeOptions, TranscriptionResult, fingerprint
+from offline_asr.asr.formats import _provenance
 from offline_asr.asr.router import AUTO_MODEL
-from offline_asr.formats import _provenance
-from offline_asr.schemas import Manifest
+from offline_asr.registry.schemas import Manifest
 
 Line = dict[str, Any]
 

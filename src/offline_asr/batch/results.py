@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_asr.errors import OfflineAsrError
-from offline_asr.locking import exclusive
+from offline_asr.fsutil import exclusive
 
 Line = dict[str, Any]
 

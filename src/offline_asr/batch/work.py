@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from offline_asr.asr.base import DecodeOptions
+from offline_asr.asr.transcriber import Cancelled, Transcriber
 from offline_asr.batch.lines import Line, error_line, ok_line
-from offline_asr.transcriber import Cancelled, Transcriber
 
 
 def transcribe_one(

@@ -12,17 +12,19 @@ import io
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from offline_asr.asr.audio import AudioLimits
 from offline_asr.asr.base import DecodeOptions
+from offline_asr.asr.loader import LoadOptions
+from offline_asr.asr.transcriber import Transcriber
 from offline_asr.batch.lines import Line, error_line
 from offline_asr.batch.work import transcribe_one
 from offline_asr.cluster.connect import connect
-from offline_asr.cluster.gate import ClusterError, check_node_manifest, node_name, node_store
-from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest
-from offline_asr.transcriber import Transcriber
+from offline_asr.cluster.gate import ClusterError, node_name, node_snapshot, node_store
+from offline_asr.registry.snapshot import ManifestSnapshot
 
 
 class BatchWorker:
@@ -35,7 +37,8 @@ class BatchWorker:
         model_id: str,
         options: DecodeOptions,
         request: str,
-        engine_options: dict[str, Any],
+        load: LoadOptions,
+        limits: AudioLimits,
     ) -> None:
         import offline_asr.offline
 
@@ -48,8 +51,9 @@ class BatchWorker:
         self.node = f"{self.node} (store {store.manifest_path})"
         try:
             ids = [] if model_id == "auto" else [model_id]
-            check_node_manifest(store, Manifest.model_validate_json(manifest_json), ids)
-            self.transcriber = Transcriber(store, model_id, audit=None, **engine_options)
+            snapshot = node_snapshot(store, manifest_json, ids)
+            self.transcriber = Transcriber.load(snapshot, model_id, load, audit=None,
+                                                limits=limits)  # fmt: skip
         except Exception as error:  # reported to the driver by `gate`, never raised into Ray
             self.refusal = f"{self.node} refused to load {model_id}: {error}"
 
@@ -112,11 +116,12 @@ class RayRunner:
 @contextmanager
 def ray_runner(
     address: str,
-    store: ModelStore,
+    snapshot: ManifestSnapshot,
     model_id: str,
     options: DecodeOptions,
     request: str,
-    engine_options: dict[str, Any],
+    load: LoadOptions,
+    limits: AudioLimits,
 ) -> Iterator[RayRunner]:
     """One actor per alive node with CPUs (a worker per CPU, one thread each), gated first."""
     connect(address)
@@ -124,19 +129,19 @@ def ray_runner(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     remote_class = ray.remote(BatchWorker)
-    manifest_json = store.manifest_path.read_text(encoding="utf-8")
-    driver_manifest = str(store.manifest_path.resolve())
+    manifest_json = snapshot.manifest.model_dump_json()
+    driver_manifest = str(snapshot.store.manifest_path.resolve())
     actors = []
     for node in ray.nodes():
         cpus = int(node.get("Resources", {}).get("CPU", 0))
         if not node.get("Alive") or cpus < 1:
             continue
-        options_here = {**engine_options, "workers": cpus, "threads": 1}
+        options_here = replace(load, workers=cpus, threads=1)
         actor = remote_class.options(
             num_cpus=cpus,
             max_concurrency=cpus,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-        ).remote(manifest_json, driver_manifest, model_id, options, request, options_here)
+        ).remote(manifest_json, driver_manifest, model_id, options, request, options_here, limits)
         actors.append((actor, cpus))
     gates = ray.get([actor.gate.remote() for actor, _ in actors])
     refusals = [refusal for _, refusal in gates if refusal is not None]

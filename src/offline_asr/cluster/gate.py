@@ -11,10 +11,12 @@ import os
 import socket
 from pathlib import Path
 
-from offline_asr.constants import EXIT_CHECK_FAILED, MANIFEST_ENV
+from offline_asr.constants import DEFAULT_BUNDLE_HINT, EXIT_CHECK_FAILED, MANIFEST_ENV
 from offline_asr.errors import OfflineAsrError
+from offline_asr.registry.integrity import check_before_load
+from offline_asr.registry.schemas import Manifest
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest
 
 
 class ClusterError(OfflineAsrError):
@@ -36,8 +38,10 @@ def node_store(driver_manifest: Path) -> ModelStore:
     return ModelStore(Path(os.environ.get(MANIFEST_ENV) or driver_manifest))
 
 
-def check_node_manifest(store: ModelStore, driver: Manifest, model_ids: list[str]) -> None:
-    """Refuse a node whose manifest is another version or lists the models otherwise."""
+def node_snapshot(store: ModelStore, manifest_json: str, model_ids: list[str]) -> ManifestSnapshot:
+    """The job's manifest over this node's store, once the node's own manifest is the same
+    release: another manifest_version, or the models listed otherwise, is a refusal."""
+    driver = Manifest.model_validate_json(manifest_json)
     mine = store.load()
     if mine.manifest_version != driver.manifest_version:
         raise ClusterError(
@@ -50,19 +54,17 @@ def check_node_manifest(store: ModelStore, driver: Manifest, model_ids: list[str
                 f"its manifest {store.manifest_path} lists {model_id!r} otherwise than the job's "
                 "manifest of the same version; install the same bundle on every node"
             )
+    return ManifestSnapshot(store, driver)
 
 
 def check_node(manifest_json: str, driver_manifest: str, model_ids: list[str]) -> str | None:
     """Run on one node: its refusal (node named), or None when it may serve these models."""
-    from offline_asr.device import check_weights
-
     store = node_store(Path(driver_manifest))
     node = f"{node_name()} (store {store.manifest_path})"
     try:
-        driver = Manifest.model_validate_json(manifest_json)
-        check_node_manifest(store, driver, model_ids)
+        snapshot = node_snapshot(store, manifest_json, model_ids)
         for model_id in model_ids:
-            check_weights(store, store.get(driver, model_id))
+            check_before_load(store.root, snapshot.entry(model_id), hint=DEFAULT_BUNDLE_HINT)
     except Exception as error:  # every refusal is reported by name, never raised into Ray
         return f"{node} refused to serve: {error}"
     return None

@@ -12,22 +12,39 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self
 
 from offline_asr.cluster.connect import connect
 from offline_asr.cluster.gate import (
     ClusterError,
-    check_node_manifest,
     node_name,
+    node_snapshot,
     node_store,
     refusing_nodes,
 )
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest
-from offline_asr.service.settings import ServiceSettings
 
 APP_NAME = "offline-asr"
+
+
+class ServeSettings(Protocol):
+    """What this module needs of the server's settings (`service.settings.ServiceSettings`,
+    which the command line passes in: the cluster stage does not import the service stage)."""
+
+    manifest: Path
+    models: list[str]
+    host: str
+    port: int
+    max_concurrency: int
+    max_queue: int
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Self: ...
+
+
+AppBuilder = Callable[[Any], Any]
+"""`service.server.build_app`: settings -> the ASGI app, after the start-up integrity gate."""
 
 
 def _replica_class() -> Any:
@@ -37,16 +54,13 @@ def _replica_class() -> Any:
     class ApiReplica:
         """One copy of the API on one node; its app exists only once the gate has passed."""
 
-        def __init__(self, settings: ServiceSettings, manifest_json: str) -> None:
-            from offline_asr.service.server import build_app
-
+        def __init__(
+            self, settings: ServeSettings, manifest_json: str, build_app: AppBuilder
+        ) -> None:
             store = node_store(settings.manifest)
             node = f"{node_name()} (store {store.manifest_path})"
             try:
-                check_node_manifest(
-                    store, Manifest.model_validate_json(manifest_json),
-                    [m for m in settings.models if m != "auto"],
-                )  # fmt: skip
+                node_snapshot(store, manifest_json, [m for m in settings.models if m != "auto"])
                 local = settings.model_copy(update={"manifest": store.manifest_path})
                 self._app = build_app(local)
             except Exception as error:
@@ -58,7 +72,9 @@ def _replica_class() -> Any:
     return ApiReplica
 
 
-def serve_on_ray(settings: ServiceSettings, address: str, replicas: int) -> None:
+def serve_on_ray(
+    settings: ServeSettings, address: str, replicas: int, build_app: AppBuilder
+) -> None:
     """Deploy `replicas` gated replicas behind Ray Serve's proxy on `settings.host:port`, then
     wait for Ctrl-C or SIGTERM and take the deployment down."""
     manifest = ModelStore(settings.manifest)
@@ -83,7 +99,8 @@ def serve_on_ray(settings: ServiceSettings, address: str, replicas: int) -> None
         max_constructor_retry_count=replicas,
     )  # fmt: skip
     try:
-        serve.run(deployment.bind(absolute, manifest_json), name=APP_NAME, route_prefix="/")
+        application = deployment.bind(absolute, manifest_json, build_app)
+        serve.run(application, name=APP_NAME, route_prefix="/")
     except Exception as error:  # Ray's own error types; the replica's refusal is in the text
         serve.shutdown()
         raise ClusterError(f"the API could not start on the cluster: {error}") from error
