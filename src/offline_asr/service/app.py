@@ -32,6 +32,7 @@ from offline_asr.service.jobs import Job, Reason, admitted, take_upload, watchin
 from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
+from offline_asr.service.realtime import realtime_router
 from offline_asr.service.settings import ServiceSettings
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -298,6 +299,7 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    app.include_router(realtime_router(settings, pool, metrics, audit, keys))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if settings.cors_origins:
         app.add_middleware(
