@@ -218,7 +218,10 @@ class InputBuffer:
         return [self._cut(self._speech_from, self.ms_to_samples(self._vad_ms))]
 
     def current(self) -> bytes | None:
-        """The audio of the turn in progress so far (None outside speech), for partial text."""
+        """The audio of the turn in progress so far, for partial text: without VAD everything
+        held, with VAD the speech since it started (None outside speech)."""
+        if self.vad is None:
+            return bytes(self._pcm) if self._pcm else None
         if self._speech_from is None:
             return None
         return bytes(self._pcm[(self._speech_from - self._start) * BYTES_PER_SAMPLE :])
