@@ -122,34 +122,34 @@ def metric(server: Server, name: str, **labels: str) -> float:
     return 0.0
 
 
+def _server(
+    store: ModelStore, factory: pytest.TempPathFactory, name: str, *args: str, **env: str
+) -> Iterator[Server]:
+    """`offline-asr serve` with these settings, its audit log beside its log."""
+    log = factory.mktemp(name) / "server.log"
+    env["OFFLINE_ASR_AUDIT_LOG"] = str(log.with_name("audit.jsonl"))
+    with running_server(store.manifest_path, *args, env=env, log=log) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def live(full_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """At most two live sessions, a small buffer; whisper-tiny.en first (the default)."""
-    log = tmp_path_factory.mktemp("live") / "server.log"
-    env = {
-        "OFFLINE_ASR_AUDIT_LOG": str(log.with_name("audit.jsonl")),
-        "OFFLINE_ASR_REALTIME_MAX_SESSIONS": "2",
-        "OFFLINE_ASR_REALTIME_MAX_BUFFER_BYTES": str(BUFFER_LIMIT),
-    }
-    with running_server(
-        full_store.manifest_path, "--model", "whisper-tiny.en", "--model",
-        "gigaam-v3-ctc-testtiny", env=env, log=log,
-    ) as server:  # fmt: skip
-        yield server
+    yield from _server(
+        full_store, tmp_path_factory, "live", "--model", "whisper-tiny.en",
+        "--model", "gigaam-v3-ctc-testtiny", OFFLINE_ASR_REALTIME_MAX_SESSIONS="2",
+        OFFLINE_ASR_REALTIME_MAX_BUFFER_BYTES=str(BUFFER_LIMIT),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def guarded(full_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """API keys, one allowed foreign origin, sessions of at most 3 s."""
-    log = tmp_path_factory.mktemp("guarded") / "server.log"
-    env = {
-        "OFFLINE_ASR_AUDIT_LOG": str(log.with_name("audit.jsonl")),
-        "OFFLINE_ASR_API_KEYS": "sesame",
-        "OFFLINE_ASR_CORS_ORIGINS": "https://intranet.example",
-        "OFFLINE_ASR_REALTIME_MAX_SESSION_S": "3",
-    }
-    with running_server(full_store.manifest_path, env=env, log=log) as server:
-        yield server
+    yield from _server(
+        full_store, tmp_path_factory, "guarded", OFFLINE_ASR_API_KEYS="sesame",
+        OFFLINE_ASR_CORS_ORIGINS="https://intranet.example",
+        OFFLINE_ASR_REALTIME_MAX_SESSION_S="3",
+    )  # fmt: skip
 
 
 # -- the official SDK ------------------------------------------------------------------------

@@ -14,7 +14,9 @@ from offline_asr.constants import CLIPS_DIR
 from offline_asr.service.turns import wav_bytes
 from support.audio_fixtures import read_wav
 from support.server import Server
-from test_web_page import CHROMIUM, LAUNCH_ARGS, MODEL
+from test_web_page import CHROMIUM, LAUNCH_ARGS, MODEL, context, page
+
+__all__ = ["context", "page"]  # the web page test's fixtures, over this module's browser
 
 pytestmark = pytest.mark.slow
 
@@ -42,27 +44,8 @@ def browser(speech_then_pause: Path) -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture
-def page(browser: Browser, server: Server) -> Iterator[Page]:
-    context = browser.new_context(permissions=["microphone"])
-    context.set_default_timeout(15_000)
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
-    tab.on(
-        "request",
-        lambda r: (
-            None
-            if r.url.startswith((server.url, "ws://127.0.0.1", "blob:", "data:"))
-            else problems.append(r.url)
-        ),
-    )
-    yield tab
-    context.close()
-    assert problems == []
-
-
 def test_live_mode_shows_each_sentence_as_it_is_spoken(page: Page, server: Server) -> None:
+    page.context.grant_permissions(["microphone"])
     page.goto(server.url)
     expect(page.get_by_test_id("model-select").locator(f"option[value='{MODEL}']")).to_be_attached()
     page.get_by_test_id("model-select").select_option(MODEL)
