@@ -49,6 +49,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/run.py
@@ -64,7 +65,7 @@ lock: $(UV)
 		--output-file requirements.lock --quiet
 
 schema: setup
-	$(BIN)/python -m offline_asr.schemas > models/manifest.schema.json
+	$(BIN)/python -m offline_asr.registry.schemas > models/manifest.schema.json
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from offline_asr.bundle.build import build_bundle
-from offline_asr.bundle.install import install_bundle
+from offline_asr.delivery.bundle.build import build_bundle
+from offline_asr.delivery.bundle.install import install_bundle
 from offline_asr.registry.store import ModelStore
 
 ROUNDS = 3

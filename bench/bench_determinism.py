@@ -87,7 +87,7 @@ def run() -> list[dict[str, Any]]:
 
 def _worker(contestant: str, model: str, seconds: float, calls: int) -> dict[str, Any]:
     if contestant != "default":
-        from offline_asr.pins import pin_runtime
+        from offline_asr.asr.pins import pin_runtime
 
         pin_runtime()  # before numpy and CTranslate2 load, as `import offline_asr` does
     import numpy as np

@@ -22,7 +22,7 @@ Loading (including the verified-hash check) is timed once, apart from the per-ca
 
 from __future__ import annotations
 
-from offline_asr.pins import pin_runtime
+from offline_asr.asr.pins import pin_runtime
 
 # As our package does on import, before numpy or ctranslate2 load: the raw WhisperModel in this
 # process then runs with the same CPU pins as our engine.
@@ -41,15 +41,17 @@ import onnx_asr  # noqa: E402
 import onnxruntime  # noqa: E402
 from faster_whisper import WhisperModel  # noqa: E402
 
-from offline_asr.asr import load_engine  # noqa: E402
-from offline_asr.asr.base import Audio, DecodeOptions, TranscriptionEngine  # noqa: E402
+from offline_asr.asr.audio import decode_audio  # noqa: E402
+from offline_asr.asr.base import DecodeOptions, TranscriptionEngine  # noqa: E402
 from offline_asr.asr.gigaam_engine import DEFAULT_BATCH, plan_chunks  # noqa: E402
+from offline_asr.asr.loader import LoadOptions, load_engine  # noqa: E402
+from offline_asr.asr.smoke import word_error_rate  # noqa: E402
 from offline_asr.asr.whisper_engine import WhisperEngine  # noqa: E402
-from offline_asr.audio import decode_audio  # noqa: E402
-from offline_asr.constants import CLIPS_DIR, SAMPLE_RATE  # noqa: E402
+from offline_asr.constants import CLIPS_DIR  # noqa: E402
+from offline_asr.pcm import SAMPLE_RATE, Audio  # noqa: E402
 from offline_asr.registry.layouts import gigaam_onnx_asr_name  # noqa: E402
+from offline_asr.registry.snapshot import ManifestSnapshot  # noqa: E402
 from offline_asr.registry.store import ModelStore  # noqa: E402
-from offline_asr.smoke import word_error_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "models" / "manifest.json"
@@ -150,7 +152,9 @@ def _row(
 
 def _load_timed(store: ModelStore, model_id: str) -> tuple[TranscriptionEngine, float]:
     start = time.perf_counter()
-    engine = load_engine(store, model_id, device="cpu", threads=THREADS)
+    engine = load_engine(
+        ManifestSnapshot.read(store), model_id, LoadOptions(device="cpu", threads=THREADS)
+    )
     return engine, time.perf_counter() - start
 
 

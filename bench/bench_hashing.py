@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from offline_asr.registry.integrity import hash_files, sha256_file
+from offline_asr.fsutil import sha256_file
+from offline_asr.registry.integrity import hash_files
 
 SIZE = 512 * 1024 * 1024
 ROUNDS = 5

@@ -5,7 +5,7 @@ time followed by half a second of quiet), well within the default upload and len
 Each case runs in a fresh process and reports the growth of its peak RSS (VmHWM) over the
 process just before the work; the model is `whisper-tiny.en`.
 
-1. `decode`: ours (`offline_asr.audio.decode_audio`) against faster-whisper's
+1. `decode`: ours (`offline_asr.asr.audio.decode_audio`) against faster-whisper's
    `decode_audio` (PyAV as well), to 16 kHz mono float32.
 2. `to the first segment`: decode, then transcribe until the first segment (when every feature
    of the file exists): ours (`load_engine(...).transcribe(audio, on_segment=...)`) against
@@ -55,7 +55,7 @@ def stop(*_):
     raise Enough
 """
 _OURS_DECODE = """
-from offline_asr.audio import decode_audio
+from offline_asr.asr.audio import decode_audio
 before = peak()
 decode_audio(Path(sys.argv[1]))
 """
@@ -65,10 +65,11 @@ before = peak()
 decode_audio(sys.argv[1])
 """
 _OURS_FIRST_SEGMENT = """
-from offline_asr.asr import load_engine
-from offline_asr.audio import decode_audio
+from offline_asr.asr.loader import load_engine
+from offline_asr.asr.audio import decode_audio
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
-engine = load_engine(ModelStore(Path(sys.argv[2])), sys.argv[3])
+engine = load_engine(ManifestSnapshot.read(ModelStore(Path(sys.argv[2]))), sys.argv[3])
 before = peak()
 try:
     engine.transcribe(decode_audio(Path(sys.argv[1])), on_segment=stop)

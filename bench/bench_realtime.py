@@ -19,7 +19,7 @@ Model `whisper-tiny.en`; audio streamed as 16 kHz PCM16 in 100 ms chunks at the 
 
 from __future__ import annotations
 
-from offline_asr.pins import pin_runtime
+from offline_asr.asr.pins import pin_runtime
 
 pin_runtime()
 

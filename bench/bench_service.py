@@ -26,7 +26,7 @@ hashing, not the disk.
 
 from __future__ import annotations
 
-from offline_asr.pins import pin_runtime
+from offline_asr.asr.pins import pin_runtime
 
 # Before anything imports ctranslate2, and before any server starts (it inherits the setting):
 # both sides must run the same CPU kernels.
@@ -49,10 +49,11 @@ from typing import Any  # noqa: E402
 
 import httpx2  # noqa: E402
 
-from offline_asr.asr import load_engine  # noqa: E402
+from offline_asr.asr.audio import decode_audio  # noqa: E402
 from offline_asr.asr.base import DecodeOptions, TranscriptionEngine  # noqa: E402
-from offline_asr.audio import decode_audio  # noqa: E402
+from offline_asr.asr.loader import load_engine  # noqa: E402
 from offline_asr.constants import VERIFY_CACHE_NAME  # noqa: E402
+from offline_asr.registry.snapshot import ManifestSnapshot  # noqa: E402
 from offline_asr.registry.store import ModelStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,7 +325,7 @@ def run() -> list[dict[str, Any]]:
     audio = {clip: clip.read_bytes() for clip in CLIP_PATHS}
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         logs = Path(tmp)
-        engine = load_engine(ModelStore(MANIFEST), MODEL, threads=0)
+        engine = load_engine(ManifestSnapshot.read(ModelStore(MANIFEST)), MODEL)
         rows, latency = _throughput(engine, audio, logs)
         del engine  # its threads and memory are not wanted during the start-up timings
         rows.extend(_latency_rows(latency))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from offline_asr.offline import HUB_OFFLINE
 from offline_asr.registry.store import ModelStore
 from support.helpers import COMMITTED_MANIFEST, PREPARE_TINY, Cli, CliResult, write_ct2_model
 from support.server import Server, running_server
+
+# A suite started in the background by a shell without job control inherits an ignored SIGINT,
+# and so would every process it starts; the Ctrl-C tests need children that take it as a
+# terminal's Ctrl-C. Handlers are reset at exec, an ignored signal is not: restore the default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

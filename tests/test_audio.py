@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-import offline_asr.audio as audio_module
-from offline_asr.audio import (
+import offline_asr.asr.audio as audio_module
+from offline_asr.asr.audio import (
     LENGTH_TOLERANCE,
     AudioError,
     AudioLimits,
@@ -29,7 +29,9 @@ from offline_asr.audio import (
     duration_seconds,
     from_array,
 )
-from offline_asr.constants import EXIT_BAD_INPUT, SAMPLE_RATE
+from offline_asr.config import Settings
+from offline_asr.constants import EXIT_BAD_INPUT
+from offline_asr.pcm import SAMPLE_RATE
 from support.audio_fixtures import (
     CLIP,
     CLIP_SECONDS,
@@ -368,9 +370,10 @@ def test_too_long_stops_decoding_early() -> None:
 def test_limits_come_from_the_environment(media: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFFLINE_ASR_MAX_AUDIO_SECONDS", "1")
     monkeypatch.setenv("OFFLINE_ASR_MAX_AUDIO_BYTES", "123456789")
-    assert AudioLimits.from_settings() == AudioLimits(max_bytes=123_456_789, max_seconds=1.0)
+    limits = AudioLimits.from_settings(Settings.load())  # read once, at the edge
+    assert limits == AudioLimits(max_bytes=123_456_789, max_seconds=1.0)
     with pytest.raises(AudioTooLongError, match="OFFLINE_ASR_MAX_AUDIO_SECONDS"):
-        decode_audio(media / "clip.wav")
+        decode_audio(media / "clip.wav", limits=limits)
 
 
 def test_default_limits() -> None:
@@ -378,7 +381,7 @@ def test_default_limits() -> None:
 
 
 _DECODE = """
-from offline_asr.audio import AudioLimits, decode_audio
+from offline_asr.asr.audio import AudioLimits, decode_audio
 before = peak()
 decode_audio(Path(sys.argv[1]), limits=AudioLimits(10**9, 4 * 3600))
 """

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from offline_asr.asr.base import DecodeOptions
-from offline_asr.audit import AuditLog
-from offline_asr.audit_report import (
+from offline_asr.asr.audit import AuditLog
+from offline_asr.asr.audit_report import (
     NO_MODEL,
     AuditReport,
     UsageRow,
@@ -21,6 +20,7 @@ from offline_asr.audit_report import (
     read_entries,
     summarize,
 )
+from offline_asr.asr.base import DecodeOptions
 from offline_asr.constants import EXIT_BAD_INPUT
 from offline_asr.errors import OfflineAsrError
 from support.results import english, russian

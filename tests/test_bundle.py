@@ -43,13 +43,14 @@ import pyrage
 import pytest
 
 from offline_asr import testmodel
-from offline_asr.bundle.build import LOCK_FILES
-from offline_asr.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
-from offline_asr.bundle.reader import AGE_MAGIC
+from offline_asr.asr.base import fingerprint
+from offline_asr.asr.smoke import word_error_rate
 from offline_asr.constants import CLIPS_DIR
+from offline_asr.delivery.bundle.build import LOCK_FILES
+from offline_asr.delivery.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
+from offline_asr.delivery.bundle.reader import AGE_MAGIC
+from offline_asr.registry.schemas import Manifest
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest
-from offline_asr.smoke import word_error_rate
 from support.bundles import (
     Member,
     Outcome,
@@ -360,6 +361,41 @@ def test_signed_encrypted_bundle_installs_and_serves(
                          "--manifest", nowhere)  # fmt: skip
     assert transcribed.exit_code == 0, transcribed.text
     assert word_error_rate(EN_TEXT, transcribed.stdout) <= WER_BOUND, transcribed.stdout
+
+
+@pytest.mark.slow
+def test_a_running_server_keeps_serving_its_release_after_an_install(
+    series: Series, full_mid: Path, tmp_path: Path
+) -> None:
+    """`serve --target` holds the release it started with: after `bundle install` switches
+    `current` under it, a model loaded lazily comes from that release, as `/v1/models` says."""
+    target = tmp_path / "srv"
+    install(full_mid, target)
+    started_with = {m.id: m for m in series.store_a.load().models}
+    nowhere = tmp_path / "no-store" / "models" / "manifest.json"
+    with (
+        running_server(
+            nowhere, "--target", str(target), "--model", TINY, log=tmp_path / "log"
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=120) as http,
+    ):
+        install(series.gigaam[series.new], target)  # GIGAAM retrained; current -> v{new}
+        assert_current(target, series.new)
+        response = http.post(
+            "/v1/audio/transcriptions",
+            files={"file": (EN.name, EN.read_bytes(), "audio/wav")},
+            data={"model": GIGAAM},  # not preloaded: loaded now, lazily
+        )
+        assert response.status_code == 200, response.text
+        about = response.json()["x_offline_asr"]
+        rows = {row["id"]: row for row in http.get("/v1/models").json()["data"]}
+    listed = rows[GIGAAM]
+    assert listed["loaded"] is True
+    assert (about["manifest_version"], about["fingerprint"]) == (
+        listed["manifest_version"], listed["fingerprint"]
+    )  # fmt: skip
+    assert about["manifest_version"] == series.mid
+    assert about["fingerprint"] == fingerprint(started_with[GIGAAM])
 
 
 # --- 2. bad inputs -----------------------------------------------------------------------------
@@ -1228,7 +1264,7 @@ def test_bundle_on_read_only_media_installs_and_verifies(
 KILL_AT = """
 import os, pathlib, signal, sys
 import pyrage
-import offline_asr.bundle.install as install
+import offline_asr.delivery.bundle.install as install
 
 def _die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -1557,7 +1593,9 @@ def test_delta_holds_only_the_changed_artifacts(series: Series) -> None:
     artifacts = {p for p in artifacts if not p.endswith("/checksum.txt")}
     # The golden files always travel (a few kB): install checks them against the manifest.
     goldens = {p for p in artifacts if p.startswith("models/goldens/")}
-    assert goldens == {f"models/goldens/{TINY}.json"}  # gigaam was re-prepared without one
+    # gigaam was re-prepared without one; every other model keeps its golden
+    assert goldens == {f"models/goldens/{m.id}.json" for m in after.models if m.id != GIGAAM}
+    assert f"models/goldens/{TINY}.json" in goldens
     assert artifacts - goldens == changed
     every = {f"models/{a.path}" for m in after.models for a in m.artifacts}
     assert {f.path for f in contents.from_base} == every - changed

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from offline_asr.matrix import offered_isas
-from offline_asr.pins import best_isa, cpu_flags
+from offline_asr.asr.matrix import offered_isas
+from offline_asr.asr.pins import best_isa, cpu_flags
 from offline_asr.registry.store import ModelStore
 from support.bundles import copy_store, invoke
 from support.helpers import REPO, run_cli

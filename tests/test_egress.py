@@ -32,11 +32,11 @@ import pytest
 from typer.testing import CliRunner
 from websockets.sync.client import connect
 
+from offline_asr.asr.smoke import word_error_rate
 from offline_asr.cli import app
 from offline_asr.constants import CLIPS_DIR
 from offline_asr.offline import HUB_OFFLINE, TELEMETRY_OFF
 from offline_asr.registry.store import ModelStore
-from offline_asr.smoke import word_error_rate
 from support.audio_fixtures import long_russian
 from support.canary import Canary, canary
 from support.helpers import REPO

@@ -12,9 +12,9 @@ import srt
 import webvtt
 from openai.types.audio import TranscriptionVerbose
 
+from offline_asr.asr.smoke import word_error_rate
 from offline_asr.constants import CLIPS_DIR
 from offline_asr.registry.store import ModelStore
-from offline_asr.smoke import word_error_rate
 from support.helpers import COMMITTED_MANIFEST, Cli, run_cli
 
 REFERENCES: dict[str, str] = json.loads((CLIPS_DIR / "references.json").read_text())

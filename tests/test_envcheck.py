@@ -14,8 +14,8 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # pyyaml ships no stubs; types-PyYAML is not locked
 from rich.console import Console
 
-from offline_asr import pins
-from offline_asr.envcheck import (
+from offline_asr.asr import pins
+from offline_asr.delivery.envcheck import (
     CpuInfo,
     GpuInfo,
     LockedRequirement,

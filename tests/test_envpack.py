@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from offline_asr import __version__
-from offline_asr.envpack import (
+from offline_asr.delivery.envpack import (
     download_wheels,
     find_pip,
     install_text,
@@ -187,7 +187,7 @@ def test_packed_environment_installs_without_an_index(tmp_path: Path) -> None:
     # The installed venv is exactly the lock: nothing missing, nothing else but venv tooling.
     script = (
         "import json, pathlib;"
-        "from offline_asr.envcheck import check_environment;"
+        "from offline_asr.delivery.envcheck import check_environment;"
         "r = check_environment(pathlib.Path('requirements.lock'), None);"
         "print(json.dumps({'ok': r.ok, 'extra': r.packages.extra}))"
     )

@@ -14,7 +14,7 @@ import webvtt
 from openai.types.audio import Transcription, TranscriptionVerbose
 
 from offline_asr.asr.base import Segment, TranscriptionResult
-from offline_asr.formats import FILE_SUFFIX, LANGUAGE_NAMES, ResponseFormat, render
+from offline_asr.asr.formats import FILE_SUFFIX, LANGUAGE_NAMES, ResponseFormat, render
 from support.results import english, russian
 
 # english(): the blank segment 1 has no cue; the last one starts past an hour.

@@ -21,11 +21,12 @@ import pytest
 
 from offline_asr import testmodel
 from offline_asr.constants import CHECKSUM_NAME, CLIPS_DIR
+from offline_asr.fsutil import write_atomic
 from offline_asr.registry.integrity import checksum_text
 from offline_asr.registry.layouts import gigaam_files
 from offline_asr.registry.onnx_graph import read_graph_io
-from offline_asr.registry.store import ModelStore, write_atomic
-from offline_asr.schemas import Artifact
+from offline_asr.registry.schemas import Artifact
+from offline_asr.registry.store import ModelStore
 from support.helpers import Cli, state_of
 
 RU = CLIPS_DIR / "ru_short.wav"

@@ -16,7 +16,6 @@ import httpx2 as httpx
 import pytest
 
 from offline_asr.constants import CLIPS_DIR
-from offline_asr.registry.catalog import is_structural_test_model
 from offline_asr.registry.store import ModelStore
 from support.audio_fixtures import long_russian
 from support.bundles import copy_store, invoke
@@ -104,7 +103,7 @@ def test_test_models_are_labelled_wherever_they_are_listed(
         listed = {row["id"]: row for row in http.get("/v1/models").json()["data"]}
     for model in full_store.load().models:
         row = listed[model.id]
-        assert row["structural_test_model"] is is_structural_test_model(model), model.id
+        assert row["structural_test_model"] is model.is_test_model, model.id
         if row["structural_test_model"]:
             assert row["description"].startswith("STRUCTURAL TEST MODEL, not GigaAM"), row
     assert set(TEST_MODELS) <= {m for m, row in listed.items() if row.get("structural_test_model")}

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from offline_asr.audio import decode_audio
-from offline_asr.constants import CLIPS_DIR, VERIFY_CACHE_NAME
-from offline_asr.device import check_weights
+from offline_asr.asr.audio import decode_audio
+from offline_asr.constants import CLIPS_DIR, DEFAULT_BUNDLE_HINT, VERIFY_CACHE_NAME
 from offline_asr.errors import IntegrityError
-from offline_asr.registry.store import ModelStore, write_atomic
-from offline_asr.schemas import ModelMetadata
+from offline_asr.fsutil import write_atomic
+from offline_asr.registry.integrity import check_before_load
+from offline_asr.registry.schemas import ModelMetadata
+from offline_asr.registry.store import ModelStore
 from support.helpers import Cli
 from support.server import free_port
 
@@ -97,6 +98,11 @@ def test_gigaam_refuses_an_unlisted_file_that_changes_the_transcript(
     _refused_everywhere(cli, store, GIGAAM, RU, "gigaam/v3-ctc-testtiny/config.json")
 
 
+def check_weights(store: ModelStore, model: ModelMetadata) -> None:
+    """The check every engine makes before a load, with the default hint."""
+    check_before_load(store.root, model, hint=DEFAULT_BUNDLE_HINT)
+
+
 def test_the_refusal_says_what_to_do(tiny_store: ModelStore) -> None:
     folder = tiny_store.root / "whisper" / "tiny.en"
     (folder / "sub").mkdir()
@@ -150,7 +156,7 @@ def _forged_cache(store: ModelStore) -> str:
     weights = store.root / "whisper" / "tiny.en" / "model.bin"
     expected = next(a.sha256 for a in model.artifacts if a.path.endswith("/model.bin"))
     _alter_keeping_size_and_mtime(weights)
-    from offline_asr.registry.integrity import sha256_file
+    from offline_asr.fsutil import sha256_file
 
     actual = sha256_file(weights).sha256
     lying = model.model_copy(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from offline_asr.manifest_history import (
+from offline_asr.registry.manifest_history import (
     changelog_versions,
     check_manifest_change,
     check_manifest_history,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from offline_asr import pins
+from offline_asr.asr import pins
 
 # What a pinned ISA implies for the libraries that dispatch on their own.
 CEILINGS = {
@@ -30,7 +30,7 @@ REPORT = """
 import json, os, sys
 {before}
 import offline_asr
-from offline_asr import pins
+from offline_asr.asr import pins
 facts = pins.host_facts() | pins.ctranslate2_facts()
 print(json.dumps({{"env": {{k: os.environ.get(k) for k in pins.PINNED_VARIABLES}},
                   "facts": facts, "user": pins.user_pins()}}))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from offline_asr.schemas import Manifest, manifest_json_schema
+from offline_asr.registry.schemas import Manifest, manifest_json_schema
 from support.helpers import COMMITTED_MANIFEST, REPO
 
 

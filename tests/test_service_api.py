@@ -47,11 +47,11 @@ from typer.testing import CliRunner
 
 import offline_asr.service.server as server_module
 from offline_asr.asr.base import fingerprint
+from offline_asr.asr.smoke import word_error_rate
 from offline_asr.cli import app
 from offline_asr.constants import CLIPS_DIR, DEFAULT_BUNDLE_HINT, VERIFY_CACHE_NAME
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.settings import ServiceSettings
-from offline_asr.smoke import word_error_rate
 from support.helpers import REPO
 from support.server import Server, free_port, serve_process
 

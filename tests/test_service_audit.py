@@ -27,7 +27,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from offline_asr.audit import load_secret
+from offline_asr.asr.audit import load_secret
 from offline_asr.constants import CLIPS_DIR
 from offline_asr.errors import OfflineAsrError
 from offline_asr.registry.store import ModelStore

@@ -33,10 +33,10 @@ import httpx2
 import pyrage
 import pytest
 
+from offline_asr.asr.smoke import word_error_rate
 from offline_asr.constants import CLIPS_DIR
 from offline_asr.offline import HUB_OFFLINE, TELEMETRY_OFF
 from offline_asr.registry.store import ModelStore
-from offline_asr.smoke import word_error_rate
 from support.canary import Canary, canary
 from support.helpers import REPO
 from support.server import Server, free_port, running_server

@@ -6,8 +6,10 @@ import time
 
 import pytest
 
-from offline_asr.audio import AudioLimits
+from offline_asr.asr.audio import AudioLimits
+from offline_asr.asr.loader import LoadOptions
 from offline_asr.errors import ModelNotFoundError
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
@@ -15,8 +17,8 @@ from offline_asr.service.pool import ModelPool
 
 def _pool(store: ModelStore, *, lazy: bool, idle: float = 0) -> ModelPool:
     return ModelPool(
-        store, limits=AudioLimits(10**8, 600), metrics=Metrics(),
-        lazy_load=lazy, idle_unload_s=idle,
+        ManifestSnapshot.read(store), options=LoadOptions(), limits=AudioLimits(10**8, 600),
+        metrics=Metrics(), lazy_load=lazy, idle_unload_s=idle,
     )  # fmt: skip
 
 

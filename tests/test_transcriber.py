@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from offline_asr.asr.audit import AuditLog
 from offline_asr.asr.base import DecodeOptions, Segment
-from offline_asr.audit import AuditLog
+from offline_asr.asr.loader import LoadOptions
+from offline_asr.asr.transcriber import Cancelled, Transcriber
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
-from offline_asr.transcriber import Cancelled, Transcriber
 from support.audio_fixtures import long_speech_wav
 
 pytestmark = pytest.mark.slow
@@ -32,7 +34,9 @@ def two_minutes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def test_work_stops_at_the_next_segment_once_cancelled(
     full_store: ModelStore, two_minutes: bytes, model: str, options: DecodeOptions
 ) -> None:
-    transcriber = Transcriber(full_store, model, audit=None)
+    transcriber = Transcriber.load(
+        ManifestSnapshot.read(full_store), model, LoadOptions(), audit=None
+    )
     cancel = threading.Event()
     seen: list[Segment] = []
 
@@ -55,7 +59,10 @@ def test_cancelled_before_the_first_segment_stops_after_decoding(
     """No engine work at all, and no line in the command line's audit log (the service writes
     its own)."""
     log = tmp_path / "audit.jsonl"
-    transcriber = Transcriber(full_store, "gigaam-v3-ctc-testtiny", audit=AuditLog(log))
+    transcriber = Transcriber.load(
+        ManifestSnapshot.read(full_store), "gigaam-v3-ctc-testtiny", LoadOptions(),
+        audit=AuditLog(log),
+    )  # fmt: skip
     cancel = threading.Event()
     cancel.set()
     seen: list[Segment] = []

@@ -7,9 +7,10 @@ import numpy.typing as npt
 import pytest
 from faster_whisper.feature_extractor import FeatureExtractor
 
+from offline_asr.asr.audio import decode_audio
 from offline_asr.asr.whisper_features import BLOCK_FRAMES, BlockedFeatureExtractor
-from offline_asr.audio import decode_audio
-from offline_asr.constants import CLIPS_DIR, SAMPLE_RATE
+from offline_asr.constants import CLIPS_DIR
+from offline_asr.pcm import SAMPLE_RATE
 from offline_asr.registry.store import ModelStore
 from support.memory import peak_growth_mb
 
@@ -61,11 +62,12 @@ def test_other_mel_counts_and_chunk_lengths_as_faster_whisper() -> None:
 # feature of the file exists.
 _FIRST_SEGMENT = """
 import numpy as np
-from offline_asr.asr import load_engine
-from offline_asr.audio import decode_audio
+from offline_asr.asr.loader import load_engine
+from offline_asr.asr.audio import decode_audio
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
 
-engine = load_engine(ModelStore(Path(sys.argv[1])), "whisper-tiny.en")
+engine = load_engine(ManifestSnapshot.read(ModelStore(Path(sys.argv[1]))), "whisper-tiny.en")
 audio = np.resize(decode_audio(Path(sys.argv[2])), 3600 * 16000)
 before = peak()
 try:

@@ -2,8 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from offline_asr.asr.pins import pin_runtime
 from offline_asr.offline import disable_telemetry
-from offline_asr.pins import pin_runtime
 
 # Before anything imports onnxruntime or a hub library: they read their switches only once.
 disable_telemetry()

@@ -39,7 +39,5 @@ EXIT_INTERRUPTED: Final = 130
 # Verified-hash cache in the store: (path, size, mtime) -> sha256 of files already checked.
 VERIFY_CACHE_NAME: Final = ".verified.json"
 
-SAMPLE_RATE: Final = 16_000
-
 # Speech clips that ship with the package (smoke tests, demo): see scripts/make_test_audio.py.
 CLIPS_DIR: Final = Path(__file__).resolve().parent / "data" / "clips"

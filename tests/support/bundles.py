@@ -17,8 +17,8 @@ from typing import BinaryIO
 import zstandard
 from typer.testing import CliRunner
 
-from offline_asr.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
 from offline_asr.cli import app
+from offline_asr.delivery.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
 from offline_asr.registry.store import ModelStore
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from offline_asr.pins import unpinned_environment
+from offline_asr.asr.pins import unpinned_environment
 from offline_asr.registry.store import ModelStore
 
 REPO = Path(__file__).resolve().parents[2]

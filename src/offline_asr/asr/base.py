@@ -9,17 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from offline_asr.device import Device, check_weights
+from offline_asr.asr.device import Device
+from offline_asr.constants import DEFAULT_BUNDLE_HINT
 from offline_asr.errors import OfflineAsrError
+from offline_asr.pcm import Audio
+from offline_asr.registry.integrity import check_before_load
+from offline_asr.registry.schemas import ModelMetadata
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import ModelMetadata
-
-Audio = npt.NDArray[np.float32]
-"""16 kHz mono float32 samples in [-1, 1] (see `offline_asr.audio`)."""
 
 
 class DecodeOptions(BaseModel):
@@ -211,25 +210,33 @@ class TranscriptionEngine(ABC):
         device: Device = "auto",
         threads: int = 0,
         full_verify: bool = False,
+        bundle_hint: str = DEFAULT_BUNDLE_HINT,
     ) -> None:
         self.store = store
         self.device_request: Device = device
         self.threads = threads  # 0: the runtime's default
         self.full_verify = full_verify
+        self.bundle_hint = bundle_hint
         self.model: ModelMetadata | None = None
         self.manifest_version = 0
         self.fingerprint = ""
 
+    @property
+    def model_id(self) -> str:
+        """The loaded entry's id ("" before `load`)."""
+        return self.model.id if self.model is not None else ""
+
     def load(self, model_id: str) -> None:
-        """Read the entry, refuse missing or altered files, and load the weights."""
-        manifest = self.store.load()
-        self.load_entry(self.store.get(manifest, model_id), manifest.manifest_version)
+        """Read the entry (one manifest snapshot), refuse missing or altered files, and load the
+        weights. The loader (`asr.loader`) does the same for a snapshot it is given."""
+        snapshot = ManifestSnapshot.read(self.store)
+        self.load_entry(snapshot.entry(model_id), snapshot.version)
 
     def load_entry(self, model: ModelMetadata, manifest_version: int) -> None:
         """Load an entry given directly (e.g. one being registered); files are verified first."""
         if model.engine != self.engine:
             raise EngineError(f"model {model.id!r} is a {model.engine} model, not {self.engine}")
-        check_weights(self.store, model, full=self.full_verify)
+        check_before_load(self.store.root, model, hint=self.bundle_hint, full=self.full_verify)
         self.model, self.manifest_version = model, manifest_version
         self.fingerprint = fingerprint(model)
         self._load(model, self.store.root / model.path)

@@ -15,7 +15,6 @@ from onnx_asr.utils import ModelLoadingError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from offline_asr.asr.base import (
-    Audio,
     DecodeOptions,
     EngineError,
     OnSegment,
@@ -24,13 +23,13 @@ from offline_asr.asr.base import (
     TranscriptionResult,
     Word,
 )
-from offline_asr.constants import SAMPLE_RATE
-from offline_asr.device import choose_device
+from offline_asr.asr.device import choose_device
+from offline_asr.asr.pins import host_facts, onnxruntime_kernels
 from offline_asr.errors import SourceError
-from offline_asr.pins import host_facts, onnxruntime_kernels
+from offline_asr.pcm import SAMPLE_RATE, Audio
 from offline_asr.registry.gigaam_check import check_gigaam_folder
 from offline_asr.registry.layouts import gigaam_layout, gigaam_onnx_asr_name
-from offline_asr.schemas import ModelMetadata
+from offline_asr.registry.schemas import ModelMetadata
 
 # GigaAM is trained on utterances of up to about 25 s; chunks stay below that.
 MAX_CHUNK_SECONDS = 22.0

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from offline_asr.asr import engine_class
 from offline_asr.asr.base import (
-    Audio,
     DecodeOptions,
     EngineError,
     OnSegment,
     TranscriptionEngine,
     TranscriptionResult,
 )
+from offline_asr.asr.loader import LoadOptions, load_engine
 from offline_asr.asr.whisper_engine import WhisperEngine
-from offline_asr.config import Settings
 from offline_asr.errors import SourceError
-from offline_asr.registry.catalog import is_structural_test_model
+from offline_asr.pcm import Audio
 from offline_asr.registry.layouts import gigaam_onnx_asr_name
-from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest, ModelMetadata
+from offline_asr.registry.schemas import Manifest, ModelMetadata
+from offline_asr.registry.snapshot import ManifestSnapshot
 
 AUTO_MODEL = "auto"
 
@@ -58,7 +54,7 @@ def pick_russian_model(manifest: Manifest, wanted: str | None) -> tuple[str | No
             return "an unknown GigaAM layout"
 
     ranked = sorted(
-        (m for m in manifest.models if m.engine == "gigaam" and not is_structural_test_model(m)),
+        (m for m in manifest.models if m.engine == "gigaam" and not m.is_test_model),
         key=lambda m: kinds.index(layout(m)) if layout(m) in kinds else len(kinds),
     )
     if not ranked:
@@ -78,17 +74,11 @@ class AutoRouter:
     `runtime.route` says which model answered and why.
     """
 
-    def __init__(
-        self,
-        store: ModelStore,
-        *,
-        detector: str | None = None,
-        gigaam: str | None = None,
-        **engine_options: Any,
-    ) -> None:
-        settings = Settings()
-        manifest = store.load()
-        detector_id = _detector(manifest, detector or settings.default_whisper_model)
+    model_id = AUTO_MODEL
+
+    def __init__(self, snapshot: ManifestSnapshot, options: LoadOptions) -> None:
+        manifest = snapshot.manifest
+        detector_id = _detector(manifest, options.default_whisper_model)
         if detector_id is None:
             raise EngineError(
                 "the model `auto` needs a multilingual Whisper model to detect the language: "
@@ -96,20 +86,17 @@ class AutoRouter:
             )
         self.detector_id = detector_id
         self.gigaam_id, self.gigaam_reason = pick_russian_model(
-            manifest, gigaam or settings.default_gigaam_model
+            manifest, options.default_gigaam_model
         )
         for model_id in filter(None, (self.detector_id, self.gigaam_id)):
-            store.get(manifest, model_id)  # unknown ids fail now, not on the first request
-        self.store = store
-        self.engine_options = engine_options
+            snapshot.entry(model_id)  # unknown ids fail now, not on the first request
+        self.snapshot = snapshot
+        self.options = options
         self._engines: dict[str, TranscriptionEngine] = {}
 
     def engine(self, model_id: str) -> TranscriptionEngine:
         if model_id not in self._engines:
-            model = self.store.get(self.store.load(), model_id)
-            engine = engine_class(model.engine)(self.store, **self.engine_options)
-            engine.load(model_id)
-            self._engines[model_id] = engine
+            self._engines[model_id] = load_engine(self.snapshot, model_id, self.options)
         return self._engines[model_id]
 
     def transcribe(

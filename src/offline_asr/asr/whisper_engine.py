@@ -9,7 +9,6 @@ from pathlib import Path
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 
 from offline_asr.asr.base import (
-    Audio,
     DecodeOptions,
     EngineError,
     OnSegment,
@@ -18,10 +17,11 @@ from offline_asr.asr.base import (
     TranscriptionResult,
     Word,
 )
+from offline_asr.asr.device import choose_device
+from offline_asr.asr.pins import ctranslate2_facts, host_facts
 from offline_asr.asr.whisper_features import BlockedFeatureExtractor
-from offline_asr.device import choose_device
-from offline_asr.pins import ctranslate2_facts, host_facts
-from offline_asr.schemas import ModelMetadata
+from offline_asr.pcm import Audio
+from offline_asr.registry.schemas import ModelMetadata
 
 
 class WhisperEngine(TranscriptionEngine):

@@ -21,8 +21,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from offline_asr.errors import StoreError
-from offline_asr.registry.store import ModelStore, diff_model, restore_files, write_atomic
-from offline_asr.schemas import Artifact, Manifest, StorePath
+from offline_asr.fsutil import write_atomic
+from offline_asr.registry.schemas import Artifact, Manifest, StorePath
+from offline_asr.registry.store import ModelStore, diff_model, restore_files
 
 log = logging.getLogger(__name__)
 

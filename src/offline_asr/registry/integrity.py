@@ -1,8 +1,8 @@
-"""Hashing and verification of model files against the manifest."""
+"""Model files against the manifest: `models verify`, the check before every load, and the
+per-artifact check they share with `bundle build`."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import threading
@@ -13,36 +13,11 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from offline_asr.constants import CHECKSUM_NAME, GOLDENS_DIR, HASH_CHUNK
+from offline_asr.errors import IntegrityError
+from offline_asr.fsutil import FileDigest, sha256_file
 from offline_asr.progress import Advance, byte_progress
-from offline_asr.schemas import Artifact, ModelMetadata
-
-
-@dataclass(frozen=True)
-class FileDigest:
-    sha256: str
-    size: int
-
-
-def sha256_file(path: Path, advance: Advance | None = None) -> FileDigest:
-    """Stream a file through sha256 in large chunks (hashlib releases the GIL on them).
-
-    The buffer is no larger than the file: zeroing a 4 MiB buffer for each of 100,000 small
-    files cost more than hashing them.
-    """
-    digest = hashlib.sha256()
-    size = 0
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # a third of the cost of open() per file
-    try:
-        buffer = bytearray(min(HASH_CHUNK, os.fstat(fd).st_size + 1))
-        view = memoryview(buffer)
-        while count := os.readv(fd, [buffer]):
-            digest.update(view[:count])
-            size += count
-            if advance is not None:
-                advance(count)
-    finally:
-        os.close(fd)
-    return FileDigest(digest.hexdigest(), size)
+from offline_asr.registry.schemas import Artifact, ModelMetadata
+from offline_asr.registry.verified_cache import VerifiedCache, file_identity
 
 
 def hash_files(paths: Iterable[Path], description: str = "hashing") -> dict[Path, FileDigest]:
@@ -104,6 +79,10 @@ class FileProblem:
     actual_sha256: str | None = None
     expected_size: int | None = None
     actual_size: int | None = None
+
+    def sentence(self) -> str:
+        """The one way a problem is told: the file, then what is wrong with it."""
+        return f"{self.path} {self.detail}"
 
 
 @dataclass
@@ -191,10 +170,45 @@ def _check_checksum_file(root: Path, model: ModelMetadata) -> list[FileProblem]:
     try:
         written = (root / relative).read_bytes()
     except (FileNotFoundError, IsADirectoryError):
-        return [FileProblem(relative, "missing", f"{CHECKSUM_NAME} is missing")]
+        return [FileProblem(relative, "missing", "is missing")]
     if written != checksum_text(model).encode():
         return [FileProblem(relative, "checksum.txt", "does not match the manifest's sha256 list")]
     return []
+
+
+def artifact_problem(root: Path, artifact: Artifact) -> FileProblem | None:
+    """What is wrong with an artifact before any hashing: a symbolic link on its path, the file
+    missing, or another size than the manifest says; None when it may be hashed.
+
+    `models verify`, the check before a load and `bundle build` all ask this.
+    """
+    link = symlink_on_path(root, artifact.path)
+    if link is not None:
+        detail = f"is behind the symbolic link {link.relative_to(root)}; the store holds real files"
+        return FileProblem(artifact.path, "symlink", detail)
+    path = root / artifact.path
+    if not path.is_file():
+        detail = f"is missing (the manifest lists sha256 {artifact.sha256}, {artifact.size} bytes)"
+        return FileProblem(artifact.path, "missing", detail, expected_sha256=artifact.sha256,
+                           expected_size=artifact.size)  # fmt: skip
+    if (size := path.stat().st_size) != artifact.size:
+        detail = (f"has {size} bytes, the manifest says {artifact.size} (the file was altered or "
+                  "truncated)")  # fmt: skip
+        return FileProblem(artifact.path, "altered", detail, expected_sha256=artifact.sha256,
+                           expected_size=artifact.size, actual_size=size)  # fmt: skip
+    return None
+
+
+def hash_problem(artifact: Artifact, digest: FileDigest) -> FileProblem | None:
+    """The artifact's bytes against the manifest's sha256, once hashed."""
+    if digest.sha256 == artifact.sha256:
+        return None
+    detail = (f"has sha256 {digest.sha256}, the manifest says {artifact.sha256} (sha256 differs: "
+              "the file was altered)")  # fmt: skip
+    return FileProblem(
+        artifact.path, "altered", detail, expected_sha256=artifact.sha256,
+        actual_sha256=digest.sha256, expected_size=artifact.size, actual_size=digest.size,
+    )  # fmt: skip
 
 
 def verify_models(root: Path, models: list[ModelMetadata]) -> list[ModelReport]:
@@ -204,37 +218,14 @@ def verify_models(root: Path, models: list[ModelMetadata]) -> list[ModelReport]:
     for model in models:
         report = reports[model.id] = ModelReport(model.id, model.path, 0, 0)
         for artifact in model.artifacts:
-            path = root / artifact.path
-            link = symlink_on_path(root, artifact.path)
-            if link is not None:
-                detail = f"{link.relative_to(root)} is a symbolic link; the store holds real files"
-                report.problems.append(FileProblem(artifact.path, "symlink", detail))
-            elif not path.is_file():
-                report.problems.append(
-                    FileProblem(
-                        artifact.path,
-                        "missing",
-                        "file not found",
-                        expected_sha256=artifact.sha256,
-                        expected_size=artifact.size,
-                    )
-                )
-            elif (size := path.stat().st_size) != artifact.size:
-                report.problems.append(
-                    FileProblem(
-                        artifact.path,
-                        "altered",
-                        f"size is {size} bytes, the manifest says {artifact.size}",
-                        expected_sha256=artifact.sha256,
-                        expected_size=artifact.size,
-                        actual_size=size,
-                    )
-                )
+            problem = artifact_problem(root, artifact)
+            if problem is None:
+                to_hash[root / artifact.path] = (report, artifact)
             else:
-                to_hash[path] = (report, artifact)
+                report.problems.append(problem)
         if (root / model.path).is_dir():
             report.problems.extend(
-                FileProblem(path, "unlisted", "not in the manifest")
+                FileProblem(path, "unlisted", "is not in the manifest")
                 for path in unlisted_files(root, model)
             )
             report.problems.extend(_check_checksum_file(root, model))
@@ -242,18 +233,55 @@ def verify_models(root: Path, models: list[ModelMetadata]) -> list[ModelReport]:
         report, artifact = to_hash[path]
         report.files_checked += 1
         report.bytes_checked += digest.size
-        if digest.sha256 != artifact.sha256:
-            report.problems.append(
-                FileProblem(
-                    artifact.path,
-                    "altered",
-                    "sha256 differs from the manifest",
-                    expected_sha256=artifact.sha256,
-                    actual_sha256=digest.sha256,
-                    expected_size=artifact.size,
-                    actual_size=digest.size,
-                )
-            )
+        if (problem := hash_problem(artifact, digest)) is not None:
+            report.problems.append(problem)
     for report in reports.values():
         report.problems.sort(key=lambda p: p.path)
     return list(reports.values())
+
+
+def check_before_load(root: Path, model: ModelMetadata, *, hint: str, full: bool = False) -> None:
+    """Refuse to load when an artifact is missing, a symlink, or has another size or sha256, or
+    when the model's folder holds a file the manifest does not list (the engine could read it).
+
+    Files the verified-hash cache vouches for are not hashed again unless `full`; `hint` says
+    where to get good files.
+    """
+
+    def refuse(problem: FileProblem) -> IntegrityError:
+        return IntegrityError(
+            f"model {model.id!r}: {problem.sentence()}; refusing to load altered weights. {hint}"
+        )
+
+    to_hash: dict[Path, Artifact] = {}
+    for artifact in model.artifacts:
+        if (problem := artifact_problem(root, artifact)) is not None:
+            raise refuse(problem)
+        to_hash[root / artifact.path] = artifact
+    _refuse_unlisted(root, model)
+    cache = VerifiedCache(root)
+    identities = {path: file_identity(path) for path in to_hash}
+    if not full:
+        to_hash = {p: a for p, a in to_hash.items() if not cache.vouches(identities[p], a.sha256)}
+    if not to_hash:
+        return
+    for path, digest in hash_files(to_hash, f"verifying {model.id}").items():
+        if (problem := hash_problem(to_hash[path], digest)) is not None:
+            raise refuse(problem)
+        # Remembered only if the file did not change while it was hashed.
+        if file_identity(path) == identities[path]:
+            cache.remember(identities[path], digest.sha256)
+    cache.save()
+
+
+def _refuse_unlisted(root: Path, model: ModelMetadata) -> None:
+    unlisted = unlisted_files(root, model)
+    if unlisted:
+        is_, it = ("is", "it") if len(unlisted) == 1 else ("are", "them")
+        raise IntegrityError(
+            f"model {model.id!r}: {', '.join(unlisted)} {is_} in the model's folder but not "
+            "listed in the manifest; engines read files from that folder by name, so the model "
+            f"is not loaded. Delete or move {it} out of {model.path}/ (`offline-asr models "
+            f"verify` lists every such file), or, if the model needs {it}, prepare the model "
+            "again (`offline-asr models prepare`) so that the manifest lists it."
+        )

@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -31,16 +32,17 @@ from offline_asr.registry.layouts import (
     ctranslate2_weight_dtype,
     gigaam_layout,
 )
-from offline_asr.registry.store import ModelStore, diff_model, restore_files
-from offline_asr.schemas import (
+from offline_asr.registry.schemas import (
     ENGINES,
     MODEL_ID,
     Artifact,
     Manifest,
     ModelMetadata,
+    SmokeTest,
     Source,
     check_store_path,
 )
+from offline_asr.registry.store import ModelStore, diff_model, restore_files
 
 Quantization = Literal["int8", "float16", "float32"]
 GIGAAM_QUANTIZATIONS = (None, "float32", "int8")
@@ -69,7 +71,12 @@ class PrepareRequest:
     hf_endpoint: str | None = None
     license: str | None = None
     languages: list[str] = field(default_factory=list)
-    smoke: bool = True  # run the smoke clip and record its golden output
+
+
+SmokeRecorder = Callable[[ModelStore, ModelMetadata, int], tuple[SmokeTest, str]]
+"""Runs a new entry's smoke clip and gives its smoke test and golden file text (store, entry,
+the manifest_version it will have). The caller passes one (`asr.smoke.smoke_recorder`):
+preparing never imports an engine."""
 
 
 @dataclass
@@ -286,11 +293,17 @@ def _validate(request: PrepareRequest, model_id: str) -> None:
 
 
 def prepare_model(
-    store: ModelStore, request: PrepareRequest, *, must_match: ModelMetadata | None = None
+    store: ModelStore,
+    request: PrepareRequest,
+    *,
+    record_smoke: SmokeRecorder | None,
+    must_match: ModelMetadata | None = None,
 ) -> PrepareResult:
     """Fetch, stage, hash and register one model; a repeat with the same inputs changes nothing.
 
-    With `must_match`, the prepared entry must equal it (a restore never edits the manifest).
+    `record_smoke` records the smoke test and golden output when the entry has none (None:
+    skip, `--no-smoke`). With `must_match`, the prepared entry must equal it (a restore never
+    edits the manifest, so it records nothing).
     """
     model_id = request.model_id or f"{request.engine}-{request.variant}"
     _validate(request, model_id)
@@ -314,7 +327,7 @@ def prepare_model(
             if must_match is not None:
                 _check_match(must_match, new)
             result = _install(
-                store, manifest, new, staging, smoke=request.smoke and must_match is None
+                store, manifest, new, staging, record_smoke=None if must_match else record_smoke
             )
             if offered.download_dir is not None:
                 shutil.rmtree(offered.download_dir, ignore_errors=True)
@@ -324,7 +337,12 @@ def prepare_model(
 
 
 def _install(
-    store: ModelStore, manifest: Manifest, new: ModelMetadata, staging: Path, *, smoke: bool
+    store: ModelStore,
+    manifest: Manifest,
+    new: ModelMetadata,
+    staging: Path,
+    *,
+    record_smoke: SmokeRecorder | None,
 ) -> PrepareResult:
     """Swap the staged folder in, record the smoke test when asked and missing, register."""
     old = manifest.get(new.id)
@@ -336,7 +354,7 @@ def _install(
     if clash is not None:
         raise StoreError(f"folder {new.path} already belongs to model {clash.id!r}")
     (staging / NEW / CHECKSUM_NAME).write_text(checksum_text(new), encoding="utf-8")
-    smoke_missing = smoke and new.smoke is None
+    smoke_missing = record_smoke is not None and new.smoke is None
     unchanged = diff_model(old, new) is None and not smoke_missing
     if unchanged and all(r.ok for r in verify_models(store.root, [new])):
         return PrepareResult(new, manifest.manifest_version, registered=False, restored=False)
@@ -350,11 +368,9 @@ def _install(
         target.parent.mkdir(parents=True, exist_ok=True)
         (staging / NEW).rename(target)
         golden: str | None = None
-        if smoke_missing:
-            from offline_asr.smoke import record_smoke  # loads the engines: only when needed
-
-            recorded, golden_file = record_smoke(store, new, manifest.manifest_version + 1)
-            new, golden = new.model_copy(update={"smoke": recorded}), golden_file.to_json()
+        if record_smoke is not None and new.smoke is None:
+            recorded, golden = record_smoke(store, new, manifest.manifest_version + 1)
+            new = new.model_copy(update={"smoke": recorded})
         change = diff_model(old, new)
         if change is None:
             return PrepareResult(new, manifest.manifest_version, registered=False, restored=True)
@@ -410,4 +426,4 @@ def _check_match(expected: ModelMetadata, new: ModelMetadata) -> None:
 
 def restore_model(store: ModelStore, model: ModelMetadata) -> PrepareResult:
     """Bring back a listed model's files from its pinned source; the bytes must match exactly."""
-    return prepare_model(store, request_from_entry(model), must_match=model)
+    return prepare_model(store, request_from_entry(model), record_smoke=None, must_match=model)

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from offline_asr.archives import extract_archive, is_archive
 from offline_asr.errors import ChecksumMismatchError, SourceError
 from offline_asr.progress import byte_progress
+from offline_asr.registry.archives import extract_archive, is_archive
 from offline_asr.registry.layouts import GigaamKind, Layout
-from offline_asr.schemas import Source
+from offline_asr.registry.schemas import Source
 
 ChooseLayout = Callable[[list[str], str], Layout]
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,8 +13,8 @@ from pydantic import ValidationError
 
 from offline_asr.constants import CHANGELOG_NAME, GOLDENS_DIR, LOCK_NAME, MANIFEST_ENV, STAGING_DIR
 from offline_asr.errors import ManifestError, ModelNotFoundError, StoreError
-from offline_asr.locking import exclusive
-from offline_asr.schemas import Manifest, ModelMetadata, describe_validation_error
+from offline_asr.fsutil import exclusive, write_atomic
+from offline_asr.registry.schemas import Manifest, ModelMetadata, describe_validation_error
 
 
 @dataclass
@@ -73,30 +71,6 @@ def restore_files(previous: dict[Path, bytes | None]) -> None:
             write_atomic(path, data.decode("utf-8"))
 
 
-def write_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over the target.
-
-    The file gets `mode`, or by default what the umask allows.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(tmp).chmod(0o666 & ~_umask() if mode is None else mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def parse_manifest(raw: bytes, where: Path) -> Manifest:
     """Decode, parse and validate manifest bytes; every problem is a `ManifestError` (exit 2)."""
     restore = f"Restore {where} from git or from the bundle."
@@ -119,12 +93,6 @@ def parse_manifest(raw: bytes, where: Path) -> Manifest:
     except ValidationError as error:
         problems = describe_validation_error(error)
         raise ManifestError(f"{where} breaks the manifest schema:\n{problems}") from error
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 class ModelStore:

@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 
 from offline_asr.constants import VERIFY_CACHE_NAME
-from offline_asr.registry.store import write_atomic
+from offline_asr.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 

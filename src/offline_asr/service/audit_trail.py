@@ -23,7 +23,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from offline_asr.audit import AuditLog
+from offline_asr.asr.audit import AuditLog
 from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
 

@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from offline_asr.asr.audio import AudioError, AudioTooLargeError
 from offline_asr.asr.base import EngineError, UnsupportedLanguageError
-from offline_asr.audio import AudioError, AudioTooLargeError
 from offline_asr.errors import IntegrityError, ModelNotFoundError, OfflineAsrError
 
 

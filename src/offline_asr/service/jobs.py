@@ -22,12 +22,12 @@ from typing import BinaryIO, Literal
 from fastapi import UploadFile
 from starlette.types import Receive
 
+from offline_asr.asr.audit import AuditLog
 from offline_asr.asr.base import TranscriptionResult
-from offline_asr.audit import AuditLog
+from offline_asr.asr.transcriber import Cancelled
 from offline_asr.service.admission import Admission
 from offline_asr.service.audit_trail import Facts
 from offline_asr.service.metrics import Metrics
-from offline_asr.transcriber import Cancelled
 
 Reason = Literal["client_disconnected", "timeout"]
 

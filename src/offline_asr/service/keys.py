@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from offline_asr.audit import key_id
+from offline_asr.asr.audit import key_id
 
 
 class KeyRing:

@@ -7,15 +7,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from offline_asr.asr.audio import AudioLimits
 from offline_asr.asr.base import fingerprint
+from offline_asr.asr.loader import LoadOptions
 from offline_asr.asr.router import AUTO_MODEL
-from offline_asr.audio import AudioLimits
+from offline_asr.asr.transcriber import Transcriber
 from offline_asr.errors import ModelNotFoundError
-from offline_asr.registry.catalog import is_structural_test_model
-from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.service.metrics import Metrics
-from offline_asr.transcriber import Transcriber
 
 
 @dataclass
@@ -26,30 +25,30 @@ class Loaded:
 
 
 class ModelPool:
-    """Loads through `Transcriber` (which verifies the weights); one lock guards the table."""
+    """Loads through the loader (`Transcriber.load`, which verifies the weights), always from
+    the one manifest snapshot the server started with; one lock guards the table."""
 
     def __init__(
         self,
-        store: ModelStore,
+        snapshot: ManifestSnapshot,
         *,
+        options: LoadOptions,
         limits: AudioLimits,
         metrics: Metrics,
         lazy_load: bool,
         idle_unload_s: float,
-        **engine_options: Any,
     ) -> None:
-        self.store = store
-        self.manifest: Manifest = store.load()
+        self.snapshot = snapshot
+        self.options = options
         self.limits, self.metrics = limits, metrics
         self.lazy_load, self.idle_unload_s = lazy_load, idle_unload_s
-        self.engine_options = engine_options
         self._loaded: dict[str, Loaded] = {}
         self._preloaded: list[str] = []
         self._lock = threading.Lock()
 
     def _load(self, model_id: str, preloaded: bool) -> Loaded:
-        transcriber = Transcriber(
-            self.store, model_id, audit=None, limits=self.limits, **self.engine_options
+        transcriber = Transcriber.load(
+            self.snapshot, model_id, self.options, audit=None, limits=self.limits
         )
         loaded = Loaded(transcriber, preloaded, time.monotonic())
         self._loaded[model_id] = loaded
@@ -61,7 +60,7 @@ class ModelPool:
         with self._lock:
             for model_id in model_ids:
                 if model_id != AUTO_MODEL:
-                    self.store.get(self.manifest, model_id)
+                    self.snapshot.entry(model_id)
                 self._load(model_id, preloaded=True)
                 self._preloaded.append(model_id)
 
@@ -72,7 +71,7 @@ class ModelPool:
         if not self.lazy_load:
             served = ", ".join(sorted(self._loaded)) or "none"
             raise ModelNotFoundError(f"model {model_id!r} is not served here (served: {served})")
-        if model_id != AUTO_MODEL and self.manifest.get(model_id) is None:
+        if model_id != AUTO_MODEL and self.snapshot.manifest.get(model_id) is None:
             raise ModelNotFoundError(
                 f"model {model_id!r} does not exist; GET /v1/models lists the models served here"
             )
@@ -112,13 +111,13 @@ class ModelPool:
                 "engine": model.engine,
                 "variant": model.variant,
                 "languages": model.languages,
-                "manifest_version": self.manifest.manifest_version,
+                "manifest_version": self.snapshot.version,
                 "fingerprint": fingerprint(model),
                 "loaded": model.id in self._loaded,
-                "structural_test_model": is_structural_test_model(model),
+                "structural_test_model": model.is_test_model,
                 **({"description": model.description} if model.description else {}),
             }
-            for model in self.manifest.models
+            for model in self.snapshot.manifest.models
         ]
         rows.append(
             {"id": AUTO_MODEL, "object": "model", "created": 0, "owned_by": "offline-asr",

@@ -34,9 +34,10 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
+from offline_asr.asr.audio import decode_audio
+from offline_asr.asr.audit import AuditLog
 from offline_asr.asr.base import DecodeOptions, Segment, TranscriptionEngine
-from offline_asr.audio import decode_audio
-from offline_asr.audit import AuditLog
+from offline_asr.asr.transcriber import Cancelled
 from offline_asr.errors import OfflineAsrError
 from offline_asr.service.audit_trail import Facts
 from offline_asr.service.errors import error_body, from_domain
@@ -55,7 +56,6 @@ from offline_asr.service.realtime_events import (
 )
 from offline_asr.service.settings import ServiceSettings
 from offline_asr.service.turns import BYTES_PER_SAMPLE, InputBuffer, SpeechStarted, Turn, wav_bytes
-from offline_asr.transcriber import Cancelled
 
 PATH = "/v1/realtime"
 SUBPROTOCOL = "realtime"
@@ -360,7 +360,7 @@ class LiveSession:
             api = from_domain(error)
             raise ProtocolError(api.message, code=api.code or "invalid_value",
                                 param=f"{param}.model") from None  # fmt: skip
-        backend = transcriber.backend
+        backend = transcriber.engine
         if (
             isinstance(backend, TranscriptionEngine) and backend.model is not None
             and options.language is not None and options.language not in backend.model.languages
@@ -486,7 +486,7 @@ class LiveSession:
         def work() -> str:
             audio = decode_audio(wav_bytes(pcm, config.rate), limits=self.pool.limits,
                                  name=f"the audio of {item} so far")  # fmt: skip
-            result = self.pool.get(config.model).backend.transcribe(audio, options, self._checked)
+            result = self.pool.get(config.model).engine.transcribe(audio, options, self._checked)
             return result.text
 
         try:

@@ -7,9 +7,11 @@ import sys
 
 from fastapi import FastAPI
 
-from offline_asr.audio import AudioLimits
-from offline_asr.audit import SECRET_BYTES, AuditLog, load_secret
+from offline_asr.asr.audio import AudioLimits
+from offline_asr.asr.audit import SECRET_BYTES, AuditLog, load_secret
+from offline_asr.asr.loader import LoadOptions
 from offline_asr.offline import go_offline
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
 from offline_asr.service.app import create_app
 from offline_asr.service.keys import KeyRing
@@ -24,12 +26,12 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     metrics = Metrics()
     keys = key_ring(settings)
     pool = ModelPool(
-        ModelStore(settings.manifest),
+        ManifestSnapshot.read(ModelStore(settings.manifest)),  # read once: this server's release
+        options=LoadOptions.from_settings(settings),
         limits=AudioLimits(settings.max_upload_bytes, settings.max_audio_seconds),
         metrics=metrics,
         lazy_load=settings.lazy_load,
         idle_unload_s=settings.idle_unload_s,
-        threads=settings.threads,
     )
     pool.preload(settings.models)
     audit = AuditLog(settings.audit_log, include_text=settings.audit_text)

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from faster_whisper.vad import get_vad_model
 
-from offline_asr.constants import SAMPLE_RATE
+from offline_asr.pcm import SAMPLE_RATE
 
 RATES = (24_000, 16_000)
 """Input rates accepted: OpenAI's 24 kHz, and 16 kHz, the models' own."""

@@ -31,20 +31,25 @@ import zstandard
 from pydantic import BaseModel, ValidationError
 from pydantic_core import SchemaValidator
 
-from offline_asr.archives import zstd_tar_stream
-from offline_asr.bundle.contents import (
+from offline_asr.delivery.bundle.contents import (
     CONTENTS_NAME,
     MANIFEST_IN_BUNDLE,
     BundleContents,
     manifest_disagreements,
 )
-from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.limits import METADATA_LIMIT, SIDECAR_LIMIT, read_limited, too_large
-from offline_asr.bundle.signing import SIGNATURE_SUFFIX, load_public, verify
+from offline_asr.delivery.bundle.errors import BundleError
+from offline_asr.delivery.bundle.limits import (
+    METADATA_LIMIT,
+    SIDECAR_LIMIT,
+    read_limited,
+    too_large,
+)
+from offline_asr.delivery.bundle.signing import SIGNATURE_SUFFIX, load_public, verify
 from offline_asr.errors import OfflineAsrError
+from offline_asr.fsutil import sha256_bytes, sha256_file
 from offline_asr.progress import byte_progress
-from offline_asr.registry.integrity import sha256_file
-from offline_asr.schemas import Manifest, check_store_path, describe_validation_error
+from offline_asr.registry.archives import zstd_tar_stream
+from offline_asr.registry.schemas import Manifest, check_store_path, describe_validation_error
 
 AGE_MAGIC = b"age-encryption.org/v1"
 CHUNK = 4 * 1024 * 1024
@@ -236,13 +241,11 @@ def _read_head(tar: tarfile.TarFile, statement: dict[str, Any] | None) -> _Head:
     """bundle.json and the manifest, checked against each other before anything else is read."""
     raw = _read_metadata(tar, CONTENTS_NAME, "first")
     contents = _parse(BundleContents, raw, f"{CONTENTS_NAME} is not valid")
-    if statement is not None and hashlib.sha256(raw).hexdigest() != statement.get(
-        "contents_sha256"
-    ):
+    if statement is not None and sha256_bytes(raw) != statement.get("contents_sha256"):
         raise BundleError(f"the signed {CONTENTS_NAME} differs from the one in the bundle")
     manifest_raw = _read_metadata(tar, MANIFEST_IN_BUNDLE, "second")
     listed = next(f for f in contents.files if f.path == MANIFEST_IN_BUNDLE)
-    if hashlib.sha256(manifest_raw).hexdigest() != listed.sha256:
+    if sha256_bytes(manifest_raw) != listed.sha256:
         raise BundleError(f"{MANIFEST_IN_BUNDLE} differs from its sha256 in {CONTENTS_NAME}")
     manifest = _parse(
         Manifest, manifest_raw, f"{MANIFEST_IN_BUNDLE} in the bundle breaks the manifest schema"

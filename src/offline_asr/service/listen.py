@@ -24,9 +24,10 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from offline_asr.audio import decode_audio
-from offline_asr.constants import EXIT_CHECK_FAILED, SAMPLE_RATE
+from offline_asr.asr.audio import decode_audio
+from offline_asr.constants import EXIT_CHECK_FAILED
 from offline_asr.errors import OfflineAsrError
+from offline_asr.pcm import SAMPLE_RATE
 
 CHUNK_SECONDS = 0.1
 OPEN_TIMEOUT = 10.0

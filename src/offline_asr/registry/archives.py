@@ -12,7 +12,7 @@ from pathlib import Path
 import zstandard
 
 from offline_asr.errors import SourceError
-from offline_asr.schemas import check_store_path
+from offline_asr.registry.schemas import check_store_path
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".zip")
 HEADER_LIMIT = 64 << 10

@@ -1,4 +1,5 @@
-"""One entry point for the command line and the service: decode, transcribe, audit."""
+"""The transcription pipeline, one for the command line and the service: decode, transcribe,
+audit."""
 
 from __future__ import annotations
 
@@ -7,33 +8,26 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
-from offline_asr.asr import load_engine
+from offline_asr.asr.audio import AudioLimits, decode_audio
+from offline_asr.asr.audit import AuditLog, transcription_fields
 from offline_asr.asr.base import (
-    Audio,
     DecodeOptions,
     OnSegment,
     Segment,
     TranscriptionEngine,
     TranscriptionResult,
 )
+from offline_asr.asr.loader import LoadOptions, load_engine
 from offline_asr.asr.router import AUTO_MODEL, AutoRouter
-from offline_asr.audio import AudioLimits, decode_audio
-from offline_asr.audit import AuditLog, transcription_fields
-from offline_asr.constants import SAMPLE_RATE
 from offline_asr.errors import OfflineAsrError
-from offline_asr.registry.integrity import sha256_file
-from offline_asr.registry.store import ModelStore
+from offline_asr.fsutil import sha256_file
+from offline_asr.pcm import SAMPLE_RATE, Audio
+from offline_asr.registry.snapshot import ManifestSnapshot
 
 OnFields = Callable[[dict[str, Any]], None]
 """Told the audit fields as they become known: the model and audio first, the result last."""
-
-
-class Backend(Protocol):
-    def transcribe(
-        self, audio: Audio, options: DecodeOptions, on_segment: OnSegment | None = None
-    ) -> TranscriptionResult: ...
 
 
 class Cancelled(Exception):  # noqa: N818  # not an error: the caller asked for it
@@ -41,26 +35,40 @@ class Cancelled(Exception):  # noqa: N818  # not an error: the caller asked for 
 
 
 class Transcriber:
-    """A loaded model (or the `auto` router) plus the audio limits and, for the command line,
-    the audit log (the service writes its own line per request from `on_fields`)."""
+    """The transcription pipeline: decode (within the audio limits), transcribe with a loaded
+    engine (or the `auto` router), and, for the command line, write the audit log (the service
+    writes its own line per request from `on_fields`)."""
 
     def __init__(
         self,
-        store: ModelStore,
-        model_id: str,
+        engine: TranscriptionEngine | AutoRouter,
         *,
         audit: AuditLog | None,
         limits: AudioLimits | None = None,
-        **engine_options: Any,
     ) -> None:
-        self.model_id = model_id
+        self.engine = engine
+        self.model_id = engine.model_id
         self.audit = audit
-        self.limits = limits or AudioLimits.from_settings()
-        self.backend: Backend = (
-            AutoRouter(store, **engine_options)
+        self.limits = limits or AudioLimits()
+
+    @classmethod
+    def load(
+        cls,
+        snapshot: ManifestSnapshot,
+        model_id: str,
+        options: LoadOptions,
+        *,
+        audit: AuditLog | None,
+        limits: AudioLimits | None = None,
+    ) -> Transcriber:
+        """The pipeline around the model `model_id` (or `auto`) of `snapshot`, loaded through
+        the loader (its files verified first)."""
+        engine = (
+            AutoRouter(snapshot, options)
             if model_id == AUTO_MODEL
-            else load_engine(store, model_id, **engine_options)
+            else load_engine(snapshot, model_id, options)
         )
+        return cls(engine, audit=audit, limits=limits)
 
     def transcribe_file(
         self,
@@ -113,7 +121,7 @@ class Transcriber:
         on_fields: OnFields | None = None,
     ) -> TranscriptionResult:
         started = time.perf_counter()
-        engine = self.backend if isinstance(self.backend, TranscriptionEngine) else None
+        engine = self.engine if isinstance(self.engine, TranscriptionEngine) else None
         known: dict[str, Any] = {
             "model_id": self.model_id, "audio_sha256": digest, "options": options,
             "manifest_version": engine.manifest_version if engine else None,
@@ -134,7 +142,7 @@ class Transcriber:
                 raise Cancelled
             if on_audio is not None:
                 on_audio(len(audio) / SAMPLE_RATE)
-            result = self.backend.transcribe(audio, options, checked)
+            result = self.engine.transcribe(audio, options, checked)
         except OfflineAsrError as error:
             if self.audit is not None:
                 latency = time.perf_counter() - started

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from offline_asr.asr.base import Decoded, DecodeOptions, Scores
 from offline_asr.constants import EXIT_BAD_INPUT
 from offline_asr.errors import OfflineAsrError
-from offline_asr.registry.store import write_atomic
-from offline_asr.schemas import ModelMetadata, Sha256, describe_validation_error
+from offline_asr.fsutil import write_atomic
+from offline_asr.registry.schemas import ModelMetadata, Sha256, describe_validation_error
 
 GOLDEN_FORMAT: Literal[1] = 1
 MAX_GOLDEN_BYTES = 16 * 1024 * 1024

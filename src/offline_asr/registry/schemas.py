@@ -132,6 +132,15 @@ class SmokeTest(_Strict):
     )
 
 
+TEST_VARIANT_SUFFIX = "-testtiny"
+"""GigaAM variants ending so are structural test models: generated, random weights, NOT GigaAM."""
+
+
+def is_test_variant(engine: str, variant: str) -> bool:
+    """Whether `models prepare --engine E --variant V` makes a structural test model."""
+    return engine == "gigaam" and variant.endswith(TEST_VARIANT_SUFFIX)
+
+
 class ModelMetadata(_Strict):
     """One model: identity, provenance, serving parameters and the exact files it consists of."""
 
@@ -166,6 +175,12 @@ class ModelMetadata(_Strict):
                 raise ValueError(f"model {self.id!r}: artifact {artifact.path!r} is listed twice")
             seen.add(artifact.path)
         return self
+
+    @property
+    def is_test_model(self) -> bool:
+        """A structural test model: generated, GigaAM-shaped, random weights. Listed as such,
+        never routed to, no WER bound; its transcripts are meaningless."""
+        return is_test_variant(self.engine, self.variant)
 
     @property
     def size(self) -> int:

@@ -30,7 +30,7 @@ from packaging.version import InvalidVersion, Version
 from rich.table import Table
 from rich.text import Text
 
-from offline_asr import pins
+from offline_asr.asr import pins
 from offline_asr.errors import OfflineAsrError
 
 Level = Literal["ok", "warn", "fail"]

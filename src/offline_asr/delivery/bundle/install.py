@@ -22,14 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from offline_asr.bundle.contents import CONTENTS_NAME, MANIFEST_IN_BUNDLE, BundleFile
-from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.limits import SIDECAR_LIMIT, read_limited
-from offline_asr.bundle.reader import check_bundle
+from offline_asr.asr.goldens import GoldenError, verify_manifest_golden
+from offline_asr.delivery.bundle.contents import CONTENTS_NAME, MANIFEST_IN_BUNDLE, BundleFile
+from offline_asr.delivery.bundle.errors import BundleError
+from offline_asr.delivery.bundle.limits import SIDECAR_LIMIT, read_limited
+from offline_asr.delivery.bundle.reader import check_bundle
 from offline_asr.errors import OfflineAsrError
-from offline_asr.goldens import GoldenError, verify_manifest_golden
-from offline_asr.locking import exclusive
-from offline_asr.registry.integrity import sha256_file, verify_models
+from offline_asr.fsutil import exclusive, fsync_dir, sha256_file
+from offline_asr.registry.integrity import verify_models
 from offline_asr.registry.store import ModelStore
 
 RELEASE = re.compile(r"^v(\d+)$")
@@ -78,11 +78,7 @@ def switch_current(target: Path, release: Path) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(release.relative_to(target))
     link.replace(target / "current")
-    dir_fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(target)
 
 
 def release_problems(release: Path, version: int) -> list[str]:
@@ -106,7 +102,7 @@ def release_problems(release: Path, version: int) -> list[str]:
     if not manifest.models:
         return [f"{MANIFEST_IN_BUNDLE} lists no models"]
     problems = [
-        f"models/{problem.path} {problem.problem} ({problem.detail})"
+        f"models/{problem.sentence()}"
         for report in verify_models(store.root, manifest.models)
         for problem in report.problems
     ]

@@ -6,16 +6,16 @@ place that says whether the two describe the same release.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from offline_asr.bundle.limits import METADATA_LIMIT
 from offline_asr.constants import CHECKSUM_NAME
+from offline_asr.delivery.bundle.limits import METADATA_LIMIT
+from offline_asr.fsutil import sha256_bytes
 from offline_asr.registry.integrity import checksum_text
-from offline_asr.schemas import MODEL_ID, Manifest, Sha256, StorePath
+from offline_asr.registry.schemas import MODEL_ID, Manifest, Sha256, StorePath
 
 BUNDLE_FORMAT: Literal[1] = 1
 CONTENTS_NAME = "bundle.json"
@@ -122,7 +122,7 @@ def manifest_files(manifest: Manifest) -> dict[str, tuple[str, int]]:
             expected[f"models/{artifact.path}"] = (artifact.sha256, artifact.size)
         checksum = checksum_text(model).encode()
         expected[f"models/{model.path}/{CHECKSUM_NAME}"] = (
-            hashlib.sha256(checksum).hexdigest(),
+            sha256_bytes(checksum),
             len(checksum),
         )
     return expected

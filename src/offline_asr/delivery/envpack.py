@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import gzip
-import hashlib
 import os
 import shutil
 import subprocess
@@ -32,11 +31,10 @@ from typing import Literal
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from offline_asr.constants import HASH_CHUNK
-from offline_asr.envcheck import LockedRequirement, read_lock
+from offline_asr.delivery.envcheck import LockedRequirement, read_lock
 from offline_asr.errors import OfflineAsrError
+from offline_asr.fsutil import sha256_file, write_atomic
 from offline_asr.progress import progress_bar
-from offline_asr.registry.store import write_atomic
 
 Flavour = Literal["cpu", "cuda12"]
 FLAVOURS: tuple[Flavour, ...] = ("cpu", "cuda12")
@@ -101,7 +99,7 @@ def pack_environment(lock: Path, out_dir: Path, *, platform_tag: str | None = No
         )
         partial = work / archive.name
         write_deterministic_tar(stage, partial)
-        digest = sha256_of(partial)
+        digest = sha256_file(partial).sha256
         # Never an archive beside the checksum of an earlier one, even if interrupted here.
         checksum_file = archive.with_name(archive.name + ".sha256")
         checksum_file.unlink(missing_ok=True)
@@ -368,11 +366,3 @@ def write_deterministic_tar(folder: Path, archive: Path) -> None:
                     tar.addfile(info, stream)
             else:
                 tar.addfile(info)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -19,21 +19,22 @@ from typing import BinaryIO
 import pyrage
 import zstandard
 
-from offline_asr.bundle.contents import (
+from offline_asr.asr.goldens import verify_manifest_golden
+from offline_asr.constants import CHECKSUM_NAME
+from offline_asr.delivery.bundle.contents import (
     CONTENTS_NAME,
     MANIFEST_IN_BUNDLE,
     BundleContents,
     BundleFile,
 )
-from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.signing import SIGNATURE_SUFFIX, load_private, sign
-from offline_asr.constants import CHECKSUM_NAME
+from offline_asr.delivery.bundle.errors import BundleError
+from offline_asr.delivery.bundle.signing import SIGNATURE_SUFFIX, load_private, sign
 from offline_asr.errors import OfflineAsrError
-from offline_asr.goldens import verify_manifest_golden
+from offline_asr.fsutil import sha256_bytes, sha256_file
 from offline_asr.progress import Advance, byte_progress
-from offline_asr.registry.integrity import checksum_text, symlink_on_path
+from offline_asr.registry.integrity import artifact_problem, checksum_text
+from offline_asr.registry.schemas import Manifest
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import Manifest
 
 ZSTD_LEVEL = 3
 LOCK_FILES = ("requirements.lock", "uv.lock")
@@ -77,10 +78,6 @@ class BuildResult:
 
 def bundle_name(manifest_version: int, *, encrypted: bool) -> str:
     return f"offline_bundle_v{manifest_version}.tar.zst" + (".age" if encrypted else "")
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _entries(
@@ -158,7 +155,7 @@ def _file_hashes(entries: list[Entry]) -> Iterator[BundleFile]:
             digest = entry.expected_sha256  # checked against the bytes while packing
         else:
             assert entry.source is not None
-            digest = hashlib.file_digest(entry.source.open("rb"), "sha256").hexdigest()
+            digest = sha256_file(entry.source).sha256
         yield BundleFile(path=entry.arcname, sha256=digest, size=entry.size)
 
 
@@ -223,15 +220,9 @@ def build_bundle(
     # one read of each file, not a verification pass and then a packing pass.
     for model in chosen:
         for artifact in model.artifacts:
-            path = store.root / artifact.path
-            if symlink_on_path(store.root, artifact.path) or not path.is_file():
+            if (problem := artifact_problem(store.root, artifact)) is not None:
                 raise BundleError(
-                    f"{artifact.path} of {model.id!r} is missing or a link; run `models verify`"
-                )
-            if path.stat().st_size != artifact.size:
-                raise BundleError(
-                    f"{artifact.path} of {model.id!r} has another size than the manifest says; "
-                    "run `models verify`"
+                    f"model {model.id!r}: {problem.sentence()}; run `offline-asr models verify`"
                 )
     manifest = full.model_copy(update={"models": chosen})
     base = None
@@ -269,7 +260,7 @@ def build_bundle(
     finally:
         for leftover in out_dir.glob(f".{final.name}.partial*"):
             leftover.unlink()
-    digest = hashlib.file_digest(final.open("rb"), "sha256").hexdigest()
+    digest = sha256_file(final).sha256
     final.with_name(final.name + ".sha256").write_text(f"{digest}  {final.name}\n")
     signature = None
     if key is not None:

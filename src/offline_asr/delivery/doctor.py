@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from offline_asr.envcheck import check_environment
+from offline_asr.asr.goldens import GoldenError
+from offline_asr.asr.loader import LoadOptions
+from offline_asr.asr.smoke import check_smoke
+from offline_asr.delivery.envcheck import check_environment
 from offline_asr.errors import OfflineAsrError
-from offline_asr.goldens import GoldenError
 from offline_asr.registry.integrity import verify_models
+from offline_asr.registry.schemas import ModelMetadata
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import ModelMetadata
-from offline_asr.smoke import check_smoke
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -42,7 +43,9 @@ class DoctorReport:
         return list(dict.fromkeys(c.fix for c in self.checks if c.status == "fail" and c.fix))
 
 
-def run_doctor(store: ModelStore, lock: Path, *, local_goldens: Path | None = None) -> DoctorReport:
+def run_doctor(
+    store: ModelStore, lock: Path, options: LoadOptions, *, local_goldens: Path | None = None
+) -> DoctorReport:
     """Run every check; a failing area does not stop the others.
 
     A store without a readable manifest or without models gets no verdict (`ManifestError`).
@@ -71,15 +74,23 @@ def run_doctor(store: ModelStore, lock: Path, *, local_goldens: Path | None = No
         if model.smoke is None:
             report.checks.append(Check("smoke", model.id, "warn", "no smoke test recorded"))
             continue
-        report.checks.append(_smoke_check(store, model, manifest.manifest_version, local_goldens))
+        report.checks.append(
+            _smoke_check(store, model, manifest.manifest_version, options, local_goldens)
+        )
     return report
 
 
 def _smoke_check(
-    store: ModelStore, model: ModelMetadata, manifest_version: int, local_goldens: Path | None
+    store: ModelStore,
+    model: ModelMetadata,
+    manifest_version: int,
+    options: LoadOptions,
+    local_goldens: Path | None,
 ) -> Check:
     try:
-        smoke = check_smoke(store, model, manifest_version, local_goldens=local_goldens)
+        smoke = check_smoke(
+            store, model, manifest_version, local_goldens=local_goldens, options=options
+        )
     except GoldenError as error:
         fix = "restore the golden file: reinstall the bundle or `bundle rollback`"
         return Check("smoke", model.id, "fail", str(error), fix)

@@ -24,10 +24,9 @@ from av.container import InputContainer
 from av.error import FFmpegError
 from av.stream import Disposition
 
-from offline_asr.asr.base import Audio
 from offline_asr.config import Settings
-from offline_asr.constants import SAMPLE_RATE
 from offline_asr.errors import OfflineAsrError
+from offline_asr.pcm import SAMPLE_RATE, Audio
 
 # Digital silence: no sample above -70 dBFS (about ten steps of 16-bit audio).
 SILENCE_PEAK = 10 ** (-70 / 20)
@@ -69,14 +68,13 @@ _SETTINGS = Settings.model_fields  # one place for the defaults: the settings ta
 class AudioLimits:
     """What decoding refuses: inputs over `max_bytes`, audio over `max_seconds`."""
 
-    max_bytes: int = _SETTINGS["offline_asr_max_audio_bytes"].default
-    max_seconds: float = _SETTINGS["offline_asr_max_audio_seconds"].default
+    max_bytes: int = _SETTINGS["max_audio_bytes"].default
+    max_seconds: float = _SETTINGS["max_audio_seconds"].default
 
     @classmethod
-    def from_settings(cls) -> AudioLimits:
-        """`OFFLINE_ASR_MAX_AUDIO_BYTES` and `OFFLINE_ASR_MAX_AUDIO_SECONDS`, else the defaults."""
-        settings = Settings()
-        return cls(settings.offline_asr_max_audio_bytes, settings.offline_asr_max_audio_seconds)
+    def from_settings(cls, settings: Settings) -> AudioLimits:
+        """`OFFLINE_ASR_MAX_AUDIO_BYTES` and `OFFLINE_ASR_MAX_AUDIO_SECONDS` as read at the edge."""
+        return cls(settings.max_audio_bytes, settings.max_audio_seconds)
 
 
 class AudioError(OfflineAsrError):
@@ -129,9 +127,9 @@ def decode_audio(
 
     `source` is a path, the file's bytes or a binary stream (a seekable one is read from its
     start); `name` stands for it in messages. Raises an `AudioError` subclass saying what is
-    wrong with the input; `limits` defaults to `AudioLimits.from_settings()`.
+    wrong with the input; `limits` defaults to `AudioLimits()` (the settings' defaults).
     """
-    limits = limits or AudioLimits.from_settings()
+    limits = limits or AudioLimits()
     label = name or _label(source)
     with _open_source(source, label) as (file, size):
         if size == 0:
@@ -157,7 +155,7 @@ def from_array(
     array is (samples, channels), or (channels, samples) when it has at most 8 rows and more
     columns than rows; the channels are averaged.
     """
-    limits = limits or AudioLimits.from_settings()
+    limits = limits or AudioLimits()
     label = "the audio array"
     if sample_rate <= 0:
         raise AudioError(f"sample_rate must be positive (samples per second), not {sample_rate}")

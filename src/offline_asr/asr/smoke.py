@@ -10,7 +10,6 @@ compares with fleet-local goldens if it has them (`models smoke --record-local`)
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import platform
 import re
@@ -22,12 +21,9 @@ from typing import Literal
 import jiwer
 
 from offline_asr import __version__
-from offline_asr.asr import engine_class
+from offline_asr.asr.audio import decode_audio
 from offline_asr.asr.base import SCORE_TOLERANCE, DecodeOptions, TranscriptionResult, fingerprint
-from offline_asr.audio import decode_audio
-from offline_asr.constants import CLIPS_DIR, EXIT_BAD_INPUT, EXIT_CHECK_FAILED
-from offline_asr.errors import IntegrityError, OfflineAsrError
-from offline_asr.goldens import (
+from offline_asr.asr.goldens import (
     GoldenError,
     GoldenFile,
     decoded_differences,
@@ -40,10 +36,14 @@ from offline_asr.goldens import (
     verify_manifest_golden,
     write_golden,
 )
-from offline_asr.registry.catalog import is_structural_test_model
+from offline_asr.asr.loader import LoadOptions, load_entry
+from offline_asr.constants import CLIPS_DIR, EXIT_BAD_INPUT, EXIT_CHECK_FAILED
+from offline_asr.errors import IntegrityError, OfflineAsrError
+from offline_asr.fsutil import sha256_file
 from offline_asr.registry.integrity import verify_models
+from offline_asr.registry.prepare import SmokeRecorder
+from offline_asr.registry.schemas import Manifest, ModelMetadata, SmokeTest
 from offline_asr.registry.store import ModelStore, diff_model, golden_path, restore_files
-from offline_asr.schemas import Manifest, ModelMetadata, SmokeTest
 
 CLIP_LANGUAGE = {"en_short.wav": "en", "en_second.wav": "en", "ru_short.wav": "ru"}
 VERSION_KEYS = ("ctranslate2", "faster-whisper", "onnx-asr", "onnxruntime", "numpy")
@@ -96,10 +96,10 @@ def default_smoke(model: ModelMetadata) -> SmokeTest:
     """English clip for Whisper, Russian for GigaAM; no WER bound for a structural test model."""
     name = "en_short.wav" if model.engine == "whisper" else "ru_short.wav"
     references = json.loads((CLIPS_DIR / "references.json").read_text(encoding="utf-8"))
-    is_test_model = is_structural_test_model(model)
+    is_test_model = model.is_test_model
     return SmokeTest(
         audio=name,
-        audio_sha256=hashlib.sha256((CLIPS_DIR / name).read_bytes()).hexdigest(),
+        audio_sha256=sha256_file(CLIPS_DIR / name).sha256,
         language=CLIP_LANGUAGE[name],
         reference_text=references[name],
         max_wer=None if is_test_model else 0.15 if model.engine == "whisper" else 0.3,
@@ -111,19 +111,22 @@ def smoke_options(smoke: SmokeTest) -> DecodeOptions:
 
 
 def _run(
-    store: ModelStore, model: ModelMetadata, smoke: SmokeTest, manifest_version: int, threads: int
+    store: ModelStore,
+    model: ModelMetadata,
+    smoke: SmokeTest,
+    manifest_version: int,
+    options: LoadOptions,
 ) -> tuple[TranscriptionResult, tuple[str, ...]]:
     """The smoke clip's transcription, and the engine's class keys."""
     path = clip_path(store, smoke.audio)
     if not path.is_file():
         raise IntegrityError(f"smoke clip {smoke.audio} of {model.id!r} is missing ({path})")
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    actual = sha256_file(path).sha256
     if actual != smoke.audio_sha256:
         raise IntegrityError(
             f"smoke clip {path} has sha256 {actual}, the manifest says {smoke.audio_sha256}"
         )
-    engine = engine_class(model.engine)(store, threads=threads)
-    engine.load_entry(model, manifest_version)
+    engine = load_entry(store, model, manifest_version, options)
     return engine.transcribe(decode_audio(path), smoke_options(smoke)), engine.class_keys
 
 
@@ -133,10 +136,10 @@ def record_golden(
     smoke: SmokeTest,
     manifest_version: int,
     *,
-    threads: int = 0,
+    options: LoadOptions,
 ) -> GoldenFile:
     """Run the smoke clip and make its golden output; the WER bound must hold."""
-    result, keys = _run(store, model, smoke, manifest_version, threads)
+    result, keys = _run(store, model, smoke, manifest_version, options)
     wer = word_error_rate(smoke.reference_text, result.text)
     if smoke.max_wer is not None and wer > smoke.max_wer:
         raise SmokeTestError(
@@ -162,7 +165,7 @@ def record_golden(
 
 
 def record_smoke(
-    store: ModelStore, model: ModelMetadata, manifest_version: int
+    store: ModelStore, model: ModelMetadata, manifest_version: int, *, options: LoadOptions
 ) -> tuple[SmokeTest, GoldenFile]:
     """The model's smoke test (its own, else the default) recorded on this machine.
 
@@ -171,7 +174,7 @@ def record_smoke(
     """
     base = model.smoke or default_smoke(model)
     smoke = base.model_copy(update={"word_timestamps": True, "golden": golden_path(model.id)})
-    golden = record_golden(store, model, smoke, manifest_version)
+    golden = record_golden(store, model, smoke, manifest_version, options=options)
     versions = {key: golden.runtime[key] for key in VERSION_KEYS if key in golden.runtime}
     return smoke.model_copy(update={
         "golden_sha256": golden.decoded_sha256,
@@ -180,7 +183,21 @@ def record_smoke(
     }), golden  # fmt: skip
 
 
-def record_manifest_goldens(store: ModelStore, ids: list[str] | None) -> Manifest:
+def smoke_recorder(options: LoadOptions) -> SmokeRecorder:
+    """`record_smoke` as preparation takes it (`registry.prepare.prepare_model`)."""
+
+    def record(
+        store: ModelStore, model: ModelMetadata, manifest_version: int
+    ) -> tuple[SmokeTest, str]:
+        smoke, golden = record_smoke(store, model, manifest_version, options=options)
+        return smoke, golden.to_json()
+
+    return record
+
+
+def record_manifest_goldens(
+    store: ModelStore, ids: list[str] | None, *, options: LoadOptions
+) -> Manifest:
     """Record the manifest's goldens again on this machine (it defines their class).
 
     One manifest_version bump and one CHANGELOG entry for all the models whose smoke changed.
@@ -188,7 +205,8 @@ def record_manifest_goldens(store: ModelStore, ids: list[str] | None) -> Manifes
     with store.locked():
         manifest = store.load()
         chosen = [store.get(manifest, i) for i in ids] if ids else manifest.models
-        recorded = {m.id: record_smoke(store, m, manifest.manifest_version + 1) for m in chosen}
+        recorded = {m.id: record_smoke(store, m, manifest.manifest_version + 1, options=options)
+                    for m in chosen}  # fmt: skip
         models = [
             m.model_copy(update={"smoke": recorded[m.id][0]}) if m.id in recorded else m
             for m in manifest.models
@@ -228,7 +246,7 @@ def record_local_goldens(
     manifest_version: int,
     folder: Path,
     *,
-    threads: int = 0,
+    options: LoadOptions,
 ) -> list[LocalRecord]:
     """Record fleet-local goldens for this machine's class; the manifest is not touched.
 
@@ -239,7 +257,7 @@ def record_local_goldens(
     done = []
     for model in models:
         smoke = _require_smoke(model)
-        golden = record_golden(store, model, smoke, manifest_version, threads=threads)
+        golden = record_golden(store, model, smoke, manifest_version, options=options)
         if smoke.golden is not None and golden.reproducibility_class == smoke.golden_class:
             raise GoldenError(
                 f"this machine is in the class of the manifest's golden output of {model.id!r} "
@@ -254,7 +272,7 @@ def record_local_goldens(
                 f"cannot write fleet-local goldens into {folder} ({error.strerror}); choose "
                 "another folder with --local-goldens"
             ) from error
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path).sha256
         record = {
             "time": golden.recorded_at.isoformat(), "model_id": model.id,
             "file": str(path.relative_to(folder)), "sha256": digest,
@@ -324,12 +342,12 @@ def check_smoke(
     manifest_version: int,
     *,
     local_goldens: Path | None = None,
-    threads: int = 0,
+    options: LoadOptions,
 ) -> SmokeReport:
     """Run a model's smoke test; compare with its reference text and, when one applies to this
     machine's class, its golden output. A bad golden file raises `GoldenError` (exit code 2)."""
     smoke = _require_smoke(model)
-    result, keys = _run(store, model, smoke, manifest_version, threads)
+    result, keys = _run(store, model, smoke, manifest_version, options)
     klass = reproducibility_class(result.runtime, keys)
     wer = word_error_rate(smoke.reference_text, result.text)
     report = SmokeReport(model.id, result.text, smoke.reference_text, wer, smoke.max_wer, klass)

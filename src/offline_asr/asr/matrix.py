@@ -6,7 +6,7 @@ derived ceilings (oneDNN, MKL, NumPy, OpenBLAS) follow it as they would on a mac
 it. Each model transcribes every shipped clip in its languages with word timings, and the
 configurations are grouped by the decoded content they produce, model by model.
 
-Run as `python -m offline_asr.matrix MANIFEST THREADS ID...` it is the worker: one
+Run as `python -m offline_asr.asr.matrix MANIFEST THREADS ID...` it is the worker: one
 configuration's transcripts as JSON on stdout.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from offline_asr.asr.base import Decoded, Scores
-from offline_asr.goldens import decoded_differences, score_differences
-from offline_asr.pins import (
+from offline_asr.asr.goldens import decoded_differences, score_differences
+from offline_asr.asr.pins import (
     ISA_ENV,
     ISA_FLAG,
     ISA_LEVELS,
@@ -33,9 +33,10 @@ from offline_asr.pins import (
     cpu_flags,
     unpinned_environment,
 )
+from offline_asr.asr.smoke import CLIP_LANGUAGE
+from offline_asr.registry.schemas import ModelMetadata
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
-from offline_asr.schemas import ModelMetadata
-from offline_asr.smoke import CLIP_LANGUAGE
 
 GEMMS = ("onednn", "mkl")
 THREADS = (1, 2)
@@ -161,7 +162,7 @@ def run_matrix(
     """One worker process per configuration; a configuration that crashes is reported."""
     runs = []
     for config in configs:
-        command = [sys.executable, "-m", "offline_asr.matrix", str(store.manifest_path),
+        command = [sys.executable, "-m", "offline_asr.asr.matrix", str(store.manifest_path),
                    str(config.threads), *(m.id for m in models)]  # fmt: skip
         proc = subprocess.run(
             command, env=config.environment(dict(os.environ)), capture_output=True, text=True,
@@ -180,18 +181,18 @@ def run_matrix(
 
 
 def _worker(manifest: Path, threads: int, ids: list[str]) -> dict[str, Any]:
-    from offline_asr.asr import engine_class
+    from offline_asr.asr.audio import decode_audio
     from offline_asr.asr.base import DecodeOptions
-    from offline_asr.audio import decode_audio
+    from offline_asr.asr.loader import LoadOptions, load_engine
+    from offline_asr.config import Settings
     from offline_asr.constants import CLIPS_DIR
 
-    store = ModelStore(manifest)
-    registry = store.load()
+    snapshot = ManifestSnapshot.read(ModelStore(manifest))
+    load = LoadOptions.from_settings(Settings.load(), threads=threads)  # a process's edge
     payload: dict[str, Any] = {"runtime": {}, "models": {}}
     for model_id in ids:
-        model = store.get(registry, model_id)
-        engine = engine_class(model.engine)(store, threads=threads)
-        engine.load_entry(model, registry.manifest_version)
+        model = snapshot.entry(model_id)
+        engine = load_engine(snapshot, model_id, load)
         outputs = payload["models"].setdefault(model_id, {})
         for clip in clips_for(model):
             options = DecodeOptions(language=CLIP_LANGUAGE[clip], word_timestamps=True)

@@ -8,7 +8,6 @@ signature can be checked before the bundle is decrypted or unpacked.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,10 +17,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from offline_asr.bundle.errors import BundleError
-from offline_asr.bundle.limits import SIDECAR_LIMIT, read_limited
+from offline_asr.delivery.bundle.errors import BundleError
+from offline_asr.delivery.bundle.limits import SIDECAR_LIMIT, read_limited
 from offline_asr.errors import OfflineAsrError
-from offline_asr.registry.store import write_atomic
+from offline_asr.fsutil import sha256_bytes, write_atomic
 
 SIGNATURE_SUFFIX = ".sig"
 PUBLIC_KEY_ENV = "OFFLINE_ASR_BUNDLE_PUBLIC_KEY"
@@ -49,7 +48,7 @@ def generate_keypair(private_path: Path, public_path: Path) -> str:
 
 def key_id(key: Ed25519PublicKey) -> str:
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return sha256_bytes(raw)[:16]
 
 
 def _key_bytes(path: Path, what: str) -> bytes:

@@ -1,6 +1,6 @@
 """Usage report from audit logs: who used which model version, how often and for how much audio.
 
-Reads the JSON lines `offline_asr.audit.AuditLog` writes (several files, e.g. rotated logs) and
+Reads the JSON lines `offline_asr.asr.audit.AuditLog` writes (several files, e.g. rotated logs) and
 groups transcriptions by model id, manifest_version and client. A damaged line (a crash mid-write,
 a hand edit) is reported with its file and line number and skipped, so one bad line never hides
 the rest of the log.

@@ -1,0 +1,62 @@
+"""`offline-asr serve`: the OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from offline_asr.cli.common import ManifestOption, TargetOption, reports_errors
+
+
+@reports_errors
+def serve(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Model to verify and load at start (repeatable; env APP_MODEL_ID)"),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address (default: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: 8000)")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(envvar="OFFLINE_ASR_CONFIG", help="TOML file with settings (see README)"),
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option(help="Transcriptions at a time (default: 2)")
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help="Requests that may wait; more get 429 (default: 8)")
+    ] = None,
+    lazy_load: Annotated[
+        bool | None, typer.Option(help="Load other registered models on first request")
+    ] = None,
+    realtime_max_sessions: Annotated[
+        int | None, typer.Option(help="Live sessions (/v1/realtime) at a time; 0: off (default: 4)")
+    ] = None,
+    api_keys_file: Annotated[
+        Path | None, typer.Option(help="File with one API key per line (Bearer auth)")
+    ] = None,
+    target: TargetOption = None,
+    manifest: ManifestOption = None,
+) -> None:
+    """Serve the OpenAI-compatible HTTP API. The models are verified and loaded before the
+    port opens; a missing or altered file stops the start with exit code 1."""
+    from offline_asr.delivery.bundle.install import target_manifest
+    from offline_asr.service.server import serve as run_server
+    from offline_asr.service.settings import ServiceSettings
+
+    settings = ServiceSettings.load(
+        config,
+        models=model or None,
+        host=host,
+        port=port,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+        lazy_load=lazy_load,
+        realtime_max_sessions=realtime_max_sessions,
+        api_keys_file=api_keys_file,
+        # `current` resolved now, once: the server keeps this release when an install switches it.
+        manifest=target_manifest(target).resolve() if target else manifest,
+    )
+    run_server(settings)

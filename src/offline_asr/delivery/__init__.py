@@ -1,0 +1,1 @@
+"""Delivery: offline bundles (build, sign, install), the environment check and pack, doctor."""
