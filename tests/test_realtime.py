@@ -101,6 +101,14 @@ def until(ws: ClientConnection, *types: str) -> list[dict[str, Any]]:
             return seen
 
 
+def ends_with(ws: ClientConnection, code: str, close_code: int) -> None:
+    """The next error event has `code`, then the server closes with `close_code`."""
+    assert until(ws, "error")[-1]["error"]["code"] == code
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == close_code
+
+
 def health(server: Server) -> bool:
     with urllib.request.urlopen(f"{server.url}/health", timeout=10) as answer:
         return bool(answer.status == 200)
@@ -210,12 +218,7 @@ def test_sdk_client_streams_turns_whose_text_is_the_file_apis(live: Server) -> N
 def test_two_sessions_get_their_own_text_and_a_third_is_refused(live: Server) -> None:
     first, second = session(live), session(live)
     third = connect(ws_url(live), open_timeout=30, legacy=True)
-    refused = next_event(third)
-    assert refused["type"] == "error"
-    assert refused["error"]["code"] == "session_limit_reached"
-    with pytest.raises(ConnectionClosed) as closed:
-        third.recv(timeout=30)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    ends_with(third, "session_limit_reached", 1013)
 
     results: dict[str, str] = {}
 
@@ -404,11 +407,7 @@ def test_a_full_buffer_gets_an_error_event_and_a_clean_close(live: Server) -> No
         piece = bytes(32_000)  # a second of silence
         for _ in range(BUFFER_LIMIT // len(piece) + 1):
             ws.send(append(piece))
-        error = until(ws, "error")[-1]
-        assert error["error"]["code"] == "input_audio_buffer_too_large"
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=30)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        ends_with(ws, "input_audio_buffer_too_large", 1009)
     assert health(live)
     session(live).close()
 
@@ -461,11 +460,7 @@ def test_pages_of_other_origins_cannot_open_sessions(guarded: Server) -> None:
 
 def test_a_session_ends_at_its_maximum_length_with_an_error_event(guarded: Server) -> None:
     with session(guarded, additional_headers={"Authorization": "Bearer sesame"}) as ws:
-        error = until(ws, "error")[-1]
-        assert error["error"]["code"] == "session_expired"
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=30)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+        ends_with(ws, "session_expired", 1000)
     assert health(guarded)
 
 

@@ -61,7 +61,6 @@ PATH = "/v1/realtime"
 SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL = "openai-insecure-api-key."  # how browsers pass a key (no headers there)
 MIN_COMMIT_MS = 100  # OpenAI's smallest committed turn
-PARTIAL_BEAM_SIZE = 1
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_TRY_LATER = (
     1000, 1008, 1009, 1011, 1013,
 )  # fmt: skip
@@ -479,9 +478,8 @@ class LiveSession:
         return self.item, pcm
 
     async def _partial(self, item: str, pcm: bytes) -> None:
-        # Greedy: a preview must be done before the turn ends, or its final text waits for it.
-        config = self.config
-        options = _options(config).model_copy(update={"beam_size": PARTIAL_BEAM_SIZE})
+        # The final text's options: previews that decode like it agree with it more often.
+        config, options = self.config, _options(self.config)
 
         def work() -> str:
             audio = decode_audio(wav_bytes(pcm, config.rate), limits=self.pool.limits,
