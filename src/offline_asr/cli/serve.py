@@ -35,6 +35,9 @@ def serve(
     lazy_load: Annotated[
         bool | None, typer.Option(help="Load other registered models on first request")
     ] = None,
+    realtime_max_sessions: Annotated[
+        int | None, typer.Option(help="Live sessions (/v1/realtime) at a time; 0: off (default: 4)")
+    ] = None,
     api_keys_file: Annotated[
         Path | None, typer.Option(help="File with one API key per line (Bearer auth)")
     ] = None,
@@ -66,6 +69,7 @@ def serve(
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         lazy_load=lazy_load,
+        realtime_max_sessions=realtime_max_sessions,
         api_keys_file=api_keys_file,
         # `current` resolved now, once: the server keeps this release when an install switches it.
         manifest=target_manifest(target).resolve() if target else manifest,
