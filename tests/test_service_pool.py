@@ -26,7 +26,8 @@ def test_lazy_models_load_on_first_use_and_unload_when_idle(full_store: ModelSto
     pool = _pool(full_store, lazy=True, idle=0.2)
     pool.preload(["gigaam-v3-ctc-testtiny"])
     assert pool.ready
-    pool.get("whisper-tiny.en")
+    with pool.lease() as release:
+        release.get("whisper-tiny.en")
     loaded = {row["id"]: row["loaded"] for row in pool.describe()}
     assert loaded["whisper-tiny.en"] and loaded["gigaam-v3-ctc-testtiny"]
     time.sleep(0.3)

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -333,26 +332,36 @@ def test_a_second_reload_while_one_runs_is_refused(releases: Releases, tmp_path:
     assert {a.status_code for a in answers} <= {200, 409}
 
 
-# A server SIGKILLed at a point of the switch: `python -c KILL_AT POINT ARGS` runs
-# `offline-asr ARGS` with offline_asr.service.reload.POINT made to SIGKILL the process.
+# A server SIGKILLed at a point of the switch: `python -c KILL_AT MODULE:ATTR ARGS` runs
+# `offline-asr ARGS` with MODULE.ATTR made to SIGKILL the process when it is called.
 KILL_AT = """
-import os, signal, sys
-from offline_asr.service import reload
-point = sys.argv[1]
-def _die(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGKILL)
-setattr(reload, point, _die)
+import importlib, os, signal, sys
+module, attr = sys.argv[1].split(":")
+owner = importlib.import_module(module)
+*path, name = attr.split(".")
+for part in path:
+    owner = getattr(owner, part)
+setattr(owner, name, lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL))
 from offline_asr.cli import app
 sys.argv = ["offline-asr", *sys.argv[2:]]
 app()
 """
 
 
-@pytest.mark.parametrize("point", ["release_problems", "smoke_problems", "publish"])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "offline_asr.service.reload:snapshot_problems",  # hashing the new release
+        "offline_asr.service.reload:smoke_problems",  # its smoke tests
+        "offline_asr.service.pool:ModelPool.switch",  # its models loaded beside the old ones
+        "offline_asr.service.served_release:ServedRelease.unload",  # switched, unloading the old
+    ],
+    ids=["verifying", "smoke-testing", "loaded-beside", "unloading-old"],
+)
 def test_a_server_killed_during_a_switch_restarts_on_one_whole_release(
     releases: Releases, tmp_path: Path, point: str
 ) -> None:
-    """SIGKILL while the new release is verified, smoke-tested, or just switched to; the
+    """SIGKILL at each step of a switch (the install had switched `current` already); the
     restarted server serves one whole release (every model, every answer, its state file)."""
     old, new = releases.old, releases.new
     target, pidfile = tmp_path / "srv", tmp_path / "serve.pid"

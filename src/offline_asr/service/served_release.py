@@ -1,0 +1,101 @@
+"""One release a server holds: its manifest snapshot, the models loaded from it, and how many
+requests are using it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from offline_asr.asr.audio import AudioLimits
+from offline_asr.asr.loader import LoadOptions
+from offline_asr.asr.router import AUTO_MODEL
+from offline_asr.asr.transcriber import Transcriber
+from offline_asr.registry.snapshot import ManifestSnapshot
+from offline_asr.service.metrics import Metrics
+
+
+@dataclass
+class Loaded:
+    transcriber: Transcriber
+    preloaded: bool
+    last_used: float
+
+
+class ServedRelease:
+    """The models of one manifest snapshot, loaded through the loader (`Transcriber.load`,
+    which verifies the weights), always from this snapshot. `leases` counts the requests (and
+    sessions) that started on it; the pool unloads a retired release when the count reaches 0.
+    Unloading drops the references: the weights are freed once no request holds them."""
+
+    def __init__(
+        self,
+        snapshot: ManifestSnapshot,
+        *,
+        options: LoadOptions,
+        limits: AudioLimits,
+        metrics: Metrics,
+    ) -> None:
+        self.snapshot = snapshot
+        self.options, self.limits, self.metrics = options, limits, metrics
+        self.leases = 0
+        self.retired = False
+        self._loaded: dict[str, Loaded] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> int:
+        return self.snapshot.version
+
+    @property
+    def folder(self) -> Path:
+        """The release folder (`releases/vN` of a target; the store's parent otherwise)."""
+        return self.snapshot.root.parent
+
+    def _load(self, model_id: str, preloaded: bool) -> Loaded:
+        if model_id != AUTO_MODEL:
+            self.snapshot.entry(model_id)  # an unknown id names the others
+        transcriber = Transcriber.load(
+            self.snapshot, model_id, self.options, audit=None, limits=self.limits
+        )
+        loaded = self._loaded[model_id] = Loaded(transcriber, preloaded, time.monotonic())
+        self.metrics.loaded.labels(model_id).inc()
+        return loaded
+
+    def load(self, model_ids: list[str]) -> None:
+        """Verify and load every listed model to stay; raises on the first one that fails."""
+        with self._lock:
+            for model_id in model_ids:
+                self._load(model_id, preloaded=True)
+
+    def get(self, model_id: str) -> Transcriber:
+        """The loaded model, loading it now if it is not (call from a worker thread)."""
+        with self._lock:
+            loaded = self._loaded.get(model_id) or self._load(model_id, preloaded=False)
+            loaded.last_used = time.monotonic()
+            return loaded.transcriber
+
+    def has(self, model_id: str) -> bool:
+        return model_id in self._loaded
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        """Drop lazily loaded models unused for `idle_s`; returns their ids."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [
+                model_id
+                for model_id, loaded in self._loaded.items()
+                if not loaded.preloaded and now - loaded.last_used > idle_s
+            ]
+            self._drop(idle)
+        return idle
+
+    def unload(self) -> None:
+        with self._lock:
+            self._drop(list(self._loaded))
+
+    def _drop(self, model_ids: list[str]) -> None:
+        for model_id in model_ids:
+            del self._loaded[model_id]
+            self.metrics.loaded.labels(model_id).dec()
