@@ -42,7 +42,6 @@ import httpx2 as httpx
 import pyrage
 import pytest
 
-from offline_asr import testmodel
 from offline_asr.asr.base import fingerprint
 from offline_asr.asr.smoke import word_error_rate
 from offline_asr.constants import CLIPS_DIR
@@ -61,6 +60,7 @@ from support.bundles import (
     measured,
     padded,
     pax_header,
+    prepare_retrained_gigaam,
     raw_blocks,
     read_members,
     regular,
@@ -148,14 +148,7 @@ def series(full_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.copy2(store_a.manifest_path, manifest_a)
 
     store_b = copy_store(store_a, work / "store-b")
-    retrained = work / "retrained"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(testmodel, "SEED", testmodel.SEED + 1)
-        testmodel.write_gigaam_test_model(retrained)
-    prepared = invoke("models", "prepare", "--engine", "gigaam", "--variant", "v3-ctc-testtiny",
-                      "--id", GIGAAM, "--from-dir", retrained, "--no-smoke",
-                      "--manifest", store_b.manifest_path)  # fmt: skip
-    assert prepared.exit_code == 0, prepared.text
+    prepare_retrained_gigaam(store_b, work / "retrained", "--no-smoke")
     new = store_b.load().manifest_version
     assert (old, mid, new) == (old, old + 1, old + 2)
     gigaam[new] = build(store_b, work / f"gigaam-v{new}", "--models", GIGAAM, locks=locks)

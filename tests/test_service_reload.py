@@ -22,11 +22,10 @@ import httpx2 as httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from offline_asr import testmodel
 from offline_asr.constants import CLIPS_DIR
 from offline_asr.delivery.bundle.build import LOCK_FILES
 from offline_asr.registry.store import ModelStore
-from support.bundles import copy_store, invoke
+from support.bundles import copy_store, invoke, prepare_retrained_gigaam
 from support.helpers import REPO
 from support.server import Server, free_port, running_server, serve_process
 
@@ -67,14 +66,7 @@ def releases(full_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -
     old = store_a.load().manifest_version
     bundle_old = _build(store_a, work / "dist-old", locks)
     store_b = copy_store(store_a, work / "b")
-    retrained = work / "retrained"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(testmodel, "SEED", testmodel.SEED + 1)
-        testmodel.write_gigaam_test_model(retrained)
-    prepared = invoke("models", "prepare", "--engine", "gigaam", "--variant", "v3-ctc-testtiny",
-                      "--id", GIGAAM, "--from-dir", retrained,
-                      "--manifest", store_b.manifest_path)  # fmt: skip
-    assert prepared.exit_code == 0, prepared.text
+    prepare_retrained_gigaam(store_b, work / "retrained")  # its smoke test recorded again
     new = store_b.load().manifest_version
     assert new == old + 1
     return Releases(old, new, {old: bundle_old, new: _build(store_b, work / "dist-new", locks)})

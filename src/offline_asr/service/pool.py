@@ -14,6 +14,7 @@ from offline_asr.asr.audio import AudioLimits
 from offline_asr.asr.base import fingerprint
 from offline_asr.asr.loader import LoadOptions
 from offline_asr.asr.router import AUTO_MODEL
+from offline_asr.asr.transcriber import Transcriber
 from offline_asr.errors import ModelNotFoundError
 from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.service.metrics import Metrics
@@ -50,13 +51,14 @@ class ModelPool:
         return self.current.snapshot
 
     def _hold(self, snapshot: ManifestSnapshot) -> ServedRelease:
-        release = ServedRelease(
-            snapshot, options=self.options, limits=self.limits, metrics=self.metrics
-        )
+        release = ServedRelease(snapshot, self._load_model, self.metrics)
         with self._lock:
             self._held.append(release)
             self.metrics.releases_held.set(len(self._held))
         return release
+
+    def _load_model(self, snapshot: ManifestSnapshot, model_id: str) -> Transcriber:
+        return Transcriber.load(snapshot, model_id, self.options, audit=None, limits=self.limits)
 
     def _release(self, release: ServedRelease) -> None:
         """Unload a release no one will use again (once)."""

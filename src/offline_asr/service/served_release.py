@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from offline_asr.asr.audio import AudioLimits
-from offline_asr.asr.loader import LoadOptions
 from offline_asr.asr.router import AUTO_MODEL
 from offline_asr.asr.transcriber import Transcriber
 from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.service.metrics import Metrics
+
+LoadModel = Callable[[ManifestSnapshot, str], Transcriber]
+"""Loads a model of a snapshot through the loader (`Transcriber.load`: verified first)."""
 
 
 @dataclass
@@ -24,21 +26,13 @@ class Loaded:
 
 
 class ServedRelease:
-    """The models of one manifest snapshot, loaded through the loader (`Transcriber.load`,
-    which verifies the weights), always from this snapshot. `leases` counts the requests (and
+    """The models of one manifest snapshot, loaded with `load` (the pool's: the loader, which
+    verifies the weights), always from this snapshot. `leases` counts the requests (and
     sessions) that started on it; the pool unloads a retired release when the count reaches 0.
     Unloading drops the references: the weights are freed once no request holds them."""
 
-    def __init__(
-        self,
-        snapshot: ManifestSnapshot,
-        *,
-        options: LoadOptions,
-        limits: AudioLimits,
-        metrics: Metrics,
-    ) -> None:
-        self.snapshot = snapshot
-        self.options, self.limits, self.metrics = options, limits, metrics
+    def __init__(self, snapshot: ManifestSnapshot, load: LoadModel, metrics: Metrics) -> None:
+        self.snapshot, self._load_model, self.metrics = snapshot, load, metrics
         self.leases = 0
         self.retired = False
         self._loaded: dict[str, Loaded] = {}
@@ -56,9 +50,7 @@ class ServedRelease:
     def _load(self, model_id: str, preloaded: bool) -> Loaded:
         if model_id != AUTO_MODEL:
             self.snapshot.entry(model_id)  # an unknown id names the others
-        transcriber = Transcriber.load(
-            self.snapshot, model_id, self.options, audit=None, limits=self.limits
-        )
+        transcriber = self._load_model(self.snapshot, model_id)
         loaded = self._loaded[model_id] = Loaded(transcriber, preloaded, time.monotonic())
         self.metrics.loaded.labels(model_id).inc()
         return loaded
