@@ -1257,6 +1257,7 @@ def test_bundle_on_read_only_media_installs_and_verifies(
 KILL_AT = """
 import os, pathlib, signal, sys
 import pyrage
+import offline_asr.asr.release_check as release_check
 import offline_asr.delivery.bundle.install as install
 
 def _die(*args, **kwargs):
@@ -1277,13 +1278,15 @@ def _pause(*args, **kwargs):
 
 point = sys.argv[1]
 real_decrypt, real_replace = pyrage.decrypt_file, pathlib.Path.replace
-real_verify = install.verify_models
+real_verify = release_check.verify_models  # install checks a release through it
 if point == "decrypted":
     pyrage.decrypt_file = _after_decryption
 elif point == "link":
     pathlib.Path.replace = _replace
 elif point == "pause":
-    install.verify_models = _pause
+    release_check.verify_models = _pause
+elif point == "verify_models":
+    release_check.verify_models = _die
 else:
     setattr(install, point, _die)
 from offline_asr.cli import app
@@ -1291,9 +1294,10 @@ sys.argv = ["offline-asr", *sys.argv[2:]]
 app()
 """
 """`python -c KILL_AT POINT ARGS...`: the CLI `offline-asr ARGS`, SIGKILLed the moment
-install.POINT runs; or at `decrypted` (the bundle was just decrypted), `link` (the temporary
-`.current-PID` link is about to replace `current`); or stopped (SIGSTOP) at `pause`, before the
-unpacked release is verified."""
+install.POINT (or `verify_models`, which install's release check calls) runs; or at
+`decrypted` (the bundle was just decrypted), `link` (the temporary `.current-PID` link is about
+to replace `current`); or stopped (SIGSTOP) at `pause`, before the unpacked release is
+verified."""
 
 
 def kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:
