@@ -15,6 +15,7 @@ itself). So the trace shows what offline-asr does on its own, on any machine.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx2
 import pytest
 from typer.testing import CliRunner
+from websockets.sync.client import connect
 
 from offline_asr.asr.smoke import word_error_rate
 from offline_asr.cli import app
@@ -328,7 +330,27 @@ def _requests(url: str, long_clip: Path, playlist: Path) -> list[str]:
                              data={"model": "whisper-tiny.en"})  # fmt: skip
         if answer.status_code != 400:
             problems.append(f"a playlist upload answered {answer.status_code}: {answer.text}")
+    problems += _live_session(url)
     return problems
+
+
+def _live_session(url: str) -> list[str]:
+    """A /v1/realtime session: server VAD (Silero) ends a turn, which is transcribed."""
+    pcm = EN.read_bytes()[44:] + bytes(32_000)  # the clip's samples, then a second of silence
+    ws_url = url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    with connect(ws_url, proxy=None, open_timeout=TIMEOUT) as ws:
+        session = {"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 16000}}}}  # fmt: skip
+        ws.send(json.dumps({"type": "session.update", "session": session}))
+        for start in range(0, len(pcm), 3200):
+            audio = base64.b64encode(pcm[start : start + 3200]).decode()
+            ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+        while (event := json.loads(ws.recv(timeout=TIMEOUT)))["type"] not in (
+            "conversation.item.input_audio_transcription.completed", "error"
+        ):  # fmt: skip
+            pass
+    text = event.get("transcript", "")
+    return [] if word_error_rate(REFERENCE, text) <= 0.15 else [f"live session: {event}"]
 
 
 def _playlist(folder: Path, lure: Canary) -> Path:
@@ -343,7 +365,7 @@ def _playlist(folder: Path, lure: Canary) -> Path:
 def test_a_server_session_stays_on_loopback_and_in_its_folders(folders: Folders) -> None:
     """`serve` with Whisper and the GigaAM test model preloaded, whisper-base loaded on
     demand, a minute of speech for GigaAM (VAD chunking), the web page, /docs, /redoc and their
-    assets, /metrics, and a playlist that names a URL."""
+    assets, /metrics, a playlist that names a URL, and a live session (/v1/realtime)."""
     work = folders.work
     log, port = work / "serve.strace", free_port()
     url = f"http://127.0.0.1:{port}"

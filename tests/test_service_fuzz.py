@@ -1,8 +1,9 @@
 """Schemathesis against the running server's own OpenAPI schema: no input gets a 5xx.
 
 Every operation in the served /openapi.json (the audio routes with their multipart forms, the
-model list, health, readiness, metrics, the admin reload) gets a bounded number of generated requests, schema-
-conforming and schema-violating, sent over loopback to the shared session server.
+model list, health, readiness, metrics, the admin reload) gets a bounded number of generated
+requests, schema-conforming and schema-violating, sent over loopback to the shared session
+server.
 
 Why not `schemathesis.pytest.from_fixture(...).parametrize()`: with the locked pytest 9.2,
 schemathesis 4.32.5's lazy loader reads `request.node._nodeid`, which pytest removed, and every

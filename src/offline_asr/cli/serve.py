@@ -31,6 +31,9 @@ def serve(
     lazy_load: Annotated[
         bool | None, typer.Option(help="Load other registered models on first request")
     ] = None,
+    realtime_max_sessions: Annotated[
+        int | None, typer.Option(help="Live sessions (/v1/realtime) at a time; 0: off (default: 4)")
+    ] = None,
     api_keys_file: Annotated[
         Path | None, typer.Option(help="File with one API key per line (Bearer auth)")
     ] = None,
@@ -73,6 +76,7 @@ def serve(
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         lazy_load=lazy_load,
+        realtime_max_sessions=realtime_max_sessions,
         api_keys_file=api_keys_file,
         pidfile=pidfile,
         reload_poll_s=reload_poll_s,

@@ -22,6 +22,7 @@ from offline_asr.service.errors import install_handlers
 from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
+from offline_asr.service.realtime import realtime_router
 from offline_asr.service.reload import Reloader, following
 from offline_asr.service.settings import ServiceSettings
 from offline_asr.service.upload_limit import FORM_OVERHEAD, UploadLimit
@@ -70,6 +71,7 @@ def create_app(
     app.include_router(transcription.router)
     app.include_router(status.router)
     app.include_router(admin.router)
+    app.include_router(realtime_router(settings, pool, metrics, audit, keys))
     app.mount("/static", StaticFiles(directory=status.STATIC), name="static")
     if settings.cors_origins:
         app.add_middleware(

@@ -57,3 +57,22 @@ class Metrics:
             "1 while the last reload was refused: the release and why (the file named)",
             ["manifest_version", "reason"], registry=self.registry,
         )  # fmt: skip
+        # Live transcription (/v1/realtime).
+        self.realtime_sessions = Gauge(
+            "offline_asr_realtime_sessions", "Live sessions open", registry=self.registry
+        )
+        self.realtime_sessions_ended = Counter(
+            "offline_asr_realtime_sessions_ended",
+            "Live sessions by how they ended (client_closed, session_expired, buffer_too_large, "
+            "session_limit, invalid_api_key, server_error)",
+            ["reason"], registry=self.registry,
+        )  # fmt: skip
+        self.realtime_turns = Counter(
+            "offline_asr_realtime_turns", "Turns transcribed by model and outcome",
+            ["model", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.realtime_turn_latency = Histogram(
+            "offline_asr_realtime_turn_latency_seconds",
+            "From the end of a turn (speech stopped or commit) to its completed text", ["model"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=self.registry,
+        )  # fmt: skip

@@ -72,6 +72,28 @@ class ServiceSettings(Settings):
         validation_alias=env("audit_secret_file", "OFFLINE_ASR_AUDIT_SECRET_FILE"),
         description="Secret for the API key ids in the audit log (default: beside the log)",
     )
+    # Live transcription (/v1/realtime).
+    realtime_max_sessions: int = Field(
+        4, ge=0,
+        validation_alias=env("realtime_max_sessions", "OFFLINE_ASR_REALTIME_MAX_SESSIONS"),
+        description="Live sessions at a time (0: /v1/realtime off)",
+    )  # fmt: skip
+    realtime_max_session_s: float = Field(
+        1800, gt=0,
+        validation_alias=env("realtime_max_session_s", "OFFLINE_ASR_REALTIME_MAX_SESSION_S"),
+    )  # fmt: skip
+    realtime_max_buffer_bytes: int = Field(
+        15 * 1024 * 1024, gt=0,
+        validation_alias=env("realtime_max_buffer_bytes", "OFFLINE_ASR_REALTIME_MAX_BUFFER_BYTES"),
+        description="Uncommitted audio a session may hold (PCM16 bytes)",
+    )  # fmt: skip
+    realtime_partial_interval_s: float = Field(
+        1.0, ge=0,
+        validation_alias=env(
+            "realtime_partial_interval_s", "OFFLINE_ASR_REALTIME_PARTIAL_INTERVAL_S"
+        ),
+        description="New speech between two partial transcriptions of a turn (0: no deltas)",
+    )  # fmt: skip
 
     reload_poll_s: float = Field(
         0,
