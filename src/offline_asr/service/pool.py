@@ -15,7 +15,6 @@ from offline_asr.asr.base import fingerprint
 from offline_asr.asr.loader import LoadOptions
 from offline_asr.asr.router import AUTO_MODEL
 from offline_asr.asr.transcriber import Transcriber
-from offline_asr.errors import ModelNotFoundError
 from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.served_release import ServedRelease
@@ -51,7 +50,7 @@ class ModelPool:
         return self.current.snapshot
 
     def _hold(self, snapshot: ManifestSnapshot) -> ServedRelease:
-        release = ServedRelease(snapshot, self._load_model, self.metrics)
+        release = ServedRelease(snapshot, self._load_model, self.metrics, lazy_load=self.lazy_load)
         with self._lock:
             self._held.append(release)
             self.metrics.releases_held.set(len(self._held))
@@ -121,17 +120,8 @@ class ModelPool:
                 self._release(release)
 
     def check(self, model_id: str) -> None:
-        """Fail fast (404) for a model this server will not serve."""
-        current = self.current
-        if current.has(model_id):
-            return
-        if not self.lazy_load:
-            served = ", ".join(sorted(self._preloaded)) or "none"
-            raise ModelNotFoundError(f"model {model_id!r} is not served here (served: {served})")
-        if model_id != AUTO_MODEL and current.snapshot.manifest.get(model_id) is None:
-            raise ModelNotFoundError(
-                f"model {model_id!r} does not exist; GET /v1/models lists the models served here"
-            )
+        """Fail fast (404) for a model the current release will not serve."""
+        self.current.check(model_id)
 
     def unload_idle(self) -> list[str]:
         """Drop lazily loaded models of the current release unused for `idle_unload_s`."""

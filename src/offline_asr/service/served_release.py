@@ -11,6 +11,7 @@ from pathlib import Path
 
 from offline_asr.asr.router import AUTO_MODEL
 from offline_asr.asr.transcriber import Transcriber
+from offline_asr.errors import ModelNotFoundError
 from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.service.metrics import Metrics
 
@@ -31,8 +32,11 @@ class ServedRelease:
     sessions) that started on it; the pool unloads a retired release when the count reaches 0.
     Unloading drops the references: the weights are freed once no request holds them."""
 
-    def __init__(self, snapshot: ManifestSnapshot, load: LoadModel, metrics: Metrics) -> None:
+    def __init__(
+        self, snapshot: ManifestSnapshot, load: LoadModel, metrics: Metrics, *, lazy_load: bool
+    ) -> None:
         self.snapshot, self._load_model, self.metrics = snapshot, load, metrics
+        self.lazy_load = lazy_load
         self.leases = 0
         self.retired = False
         self._loaded: dict[str, Loaded] = {}
@@ -61,8 +65,21 @@ class ServedRelease:
             for model_id in model_ids:
                 self._load(model_id, preloaded=True)
 
+    def check(self, model_id: str) -> None:
+        """Fail fast (404) for a model this release will not serve."""
+        if model_id in self._loaded:
+            return
+        if not self.lazy_load:
+            served = ", ".join(sorted(self._loaded)) or "none"
+            raise ModelNotFoundError(f"model {model_id!r} is not served here (served: {served})")
+        if model_id != AUTO_MODEL and self.snapshot.manifest.get(model_id) is None:
+            raise ModelNotFoundError(
+                f"model {model_id!r} does not exist; GET /v1/models lists the models served here"
+            )
+
     def get(self, model_id: str) -> Transcriber:
-        """The loaded model, loading it now if it is not (call from a worker thread)."""
+        """The loaded model, loading it now if allowed (call from a worker thread)."""
+        self.check(model_id)
         with self._lock:
             loaded = self._loaded.get(model_id) or self._load(model_id, preloaded=False)
             loaded.last_used = time.monotonic()
