@@ -41,3 +41,8 @@ VERIFY_CACHE_NAME: Final = ".verified.json"
 
 # Speech clips that ship with the package (smoke tests, demo): see scripts/make_test_audio.py.
 CLIPS_DIR: Final = Path(__file__).resolve().parent / "data" / "clips"
+
+# `serve --pidfile FILE`: FILE holds the pid; FILE + this suffix, what the server serves.
+PIDFILE_STATE_SUFFIX: Final = ".json"
+ADMIN_RELOAD_PATH: Final = "/admin/reload"
+MANIFEST_VERSION_HEADER: Final = "X-Manifest-Version"
