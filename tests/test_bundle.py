@@ -42,7 +42,6 @@ import httpx2 as httpx
 import pyrage
 import pytest
 
-from offline_asr import testmodel
 from offline_asr.asr.base import fingerprint
 from offline_asr.asr.smoke import word_error_rate
 from offline_asr.constants import CLIPS_DIR
@@ -61,6 +60,7 @@ from support.bundles import (
     measured,
     padded,
     pax_header,
+    prepare_retrained_gigaam,
     raw_blocks,
     read_members,
     regular,
@@ -148,14 +148,7 @@ def series(full_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.copy2(store_a.manifest_path, manifest_a)
 
     store_b = copy_store(store_a, work / "store-b")
-    retrained = work / "retrained"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(testmodel, "SEED", testmodel.SEED + 1)
-        testmodel.write_gigaam_test_model(retrained)
-    prepared = invoke("models", "prepare", "--engine", "gigaam", "--variant", "v3-ctc-testtiny",
-                      "--id", GIGAAM, "--from-dir", retrained, "--no-smoke",
-                      "--manifest", store_b.manifest_path)  # fmt: skip
-    assert prepared.exit_code == 0, prepared.text
+    prepare_retrained_gigaam(store_b, work / "retrained", "--no-smoke")
     new = store_b.load().manifest_version
     assert (old, mid, new) == (old, old + 1, old + 2)
     gigaam[new] = build(store_b, work / f"gigaam-v{new}", "--models", GIGAAM, locks=locks)
@@ -1264,6 +1257,7 @@ def test_bundle_on_read_only_media_installs_and_verifies(
 KILL_AT = """
 import os, pathlib, signal, sys
 import pyrage
+import offline_asr.asr.release_check as release_check
 import offline_asr.delivery.bundle.install as install
 
 def _die(*args, **kwargs):
@@ -1284,13 +1278,15 @@ def _pause(*args, **kwargs):
 
 point = sys.argv[1]
 real_decrypt, real_replace = pyrage.decrypt_file, pathlib.Path.replace
-real_verify = install.verify_models
+real_verify = release_check.verify_models  # install checks a release through it
 if point == "decrypted":
     pyrage.decrypt_file = _after_decryption
 elif point == "link":
     pathlib.Path.replace = _replace
 elif point == "pause":
-    install.verify_models = _pause
+    release_check.verify_models = _pause
+elif point == "verify_models":
+    release_check.verify_models = _die
 else:
     setattr(install, point, _die)
 from offline_asr.cli import app
@@ -1298,9 +1294,10 @@ sys.argv = ["offline-asr", *sys.argv[2:]]
 app()
 """
 """`python -c KILL_AT POINT ARGS...`: the CLI `offline-asr ARGS`, SIGKILLed the moment
-install.POINT runs; or at `decrypted` (the bundle was just decrypted), `link` (the temporary
-`.current-PID` link is about to replace `current`); or stopped (SIGSTOP) at `pause`, before the
-unpacked release is verified."""
+install.POINT (or `verify_models`, which install's release check calls) runs; or at
+`decrypted` (the bundle was just decrypted), `link` (the temporary `.current-PID` link is about
+to replace `current`); or stopped (SIGSTOP) at `pause`, before the unpacked release is
+verified."""
 
 
 def kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:

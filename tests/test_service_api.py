@@ -720,7 +720,7 @@ def test_serve_command_precedence(
     """`offline-asr serve`: --config or OFFLINE_ASR_CONFIG, then env, then flags."""
     clean_settings_env(monkeypatch)
     captured: list[ServiceSettings] = []
-    monkeypatch.setattr(server_module, "serve", captured.append)
+    monkeypatch.setattr(server_module, "serve", lambda settings, **_: captured.append(settings))
     env_config = tmp_path / "env.toml"
     env_config.write_text("port = 9201\nmax_queue = 3\nmax_concurrency = 4\n", encoding="utf-8")
     flag_config = tmp_path / "flag.toml"
@@ -753,8 +753,9 @@ def test_the_plans_command_starts_a_server(restricted: Restricted) -> None:
     restricted server's command) verifies and loads the model, then answers /ready."""
     assert restricted.command[1:3] == ["app/main.py", "--manifest"]
     ready = restricted.http.get("/ready")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
     models = restricted.http.get("/v1/models", headers=restricted.auth).json()["data"]
+    assert ready.json()["manifest_version"] == models[0]["manifest_version"]
     loaded = {model["id"]: model["loaded"] for model in models}
     assert loaded[TINY] is True  # from APP_MODEL_ID, before the port opened
     assert loaded[BASE] is False
@@ -836,7 +837,7 @@ def test_a_setting_that_is_present_but_empty_or_malformed_stops_the_start(
     an empty path would mean the current folder. Exit 2 with the variable named, no traceback."""
     clean_settings_env(monkeypatch)
     monkeypatch.setenv(variable, value)
-    monkeypatch.setattr(server_module, "serve", lambda settings: pytest.fail("server started"))
+    monkeypatch.setattr(server_module, "serve", lambda settings, **_: pytest.fail("server started"))
     # --manifest would win over MODEL_REGISTRY_PATH: leave it out when that is the one tested.
     manifest = (
         [] if variable == "MODEL_REGISTRY_PATH" else ["--manifest", str(full_store.manifest_path)]

@@ -104,8 +104,8 @@ from offline_asr.offline import HUB_OFFLINE, TELEMETRY_OFF
 
 build = server.build_app
 
-def build_app(settings):
-    app = build(settings)
+def build_app(settings, **options):
+    app = build(settings, **options)
     import huggingface_hub.constants as hub
 
     seen = {name: os.environ.get(name) for name in {**HUB_OFFLINE, **TELEMETRY_OFF}}

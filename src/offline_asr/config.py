@@ -45,7 +45,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
     config_file: ClassVar[Path | None] = None
-    not_blank: ClassVar[frozenset[str]] = frozenset()
+    not_blank: ClassVar[frozenset[str]] = frozenset({"pidfile", "admin_key"})
     """Fields where an empty value would silently mean something else (a folder, every host)."""
 
     manifest: Path = Field(
@@ -103,6 +103,18 @@ class Settings(BaseSettings):
         None,
         validation_alias=env("default_gigaam_model", "DEFAULT_GIGAAM_MODEL"),
         description="GigaAM model that `auto` sends Russian speech to",
+    )
+    pidfile: Path | None = Field(
+        None,
+        validation_alias=env("pidfile", "OFFLINE_ASR_PIDFILE"),
+        description="`serve` writes its pid here (and FILE.json: the release it serves); "
+        "`doctor` finds the server through it",
+    )
+    admin_key: str | None = Field(
+        None,
+        validation_alias=env("admin_key", "OFFLINE_ASR_ADMIN_KEY"),
+        description="API key that `bundle install/rollback --notify URL` and `doctor --server "
+        "URL` send to a server with keys",
     )
     bundle_hint: str = Field(
         DEFAULT_BUNDLE_HINT,

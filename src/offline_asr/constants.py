@@ -42,6 +42,11 @@ VERIFY_CACHE_NAME: Final = ".verified.json"
 # Speech clips that ship with the package (smoke tests, demo): see scripts/make_test_audio.py.
 CLIPS_DIR: Final = Path(__file__).resolve().parent / "data" / "clips"
 
+# `serve --pidfile FILE`: FILE holds the pid; FILE + this suffix, what the server serves.
+PIDFILE_STATE_SUFFIX: Final = ".json"
+ADMIN_RELOAD_PATH: Final = "/admin/reload"
+MANIFEST_VERSION_HEADER: Final = "X-Manifest-Version"
+
 DEFAULT_LONG_FORM_BATCH = 8
 """Whisper: audio longer than one 30 s window goes through the batched pipeline with this batch
 size. Measured on the 5-minute file (bench/bench_engines.py): 1.4-1.8x faster than sequential

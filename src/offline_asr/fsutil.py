@@ -99,3 +99,18 @@ def exclusive(lock_file: Path, busy: OfflineAsrError) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def lock_is_held(lock_file: Path) -> bool:
+    """Whether a live process holds an exclusive lock on `lock_file` (a pidfile whose server
+    died is not locked any more, whatever pid it names)."""
+    try:
+        with lock_file.open("rb") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
 import zstandard
 from typer.testing import CliRunner
 
@@ -293,3 +294,17 @@ def measured() -> Iterator[Cost]:
         cost.written_bytes = _written() - before
         cost.peak_bytes = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
+
+
+def prepare_retrained_gigaam(store: ModelStore, folder: Path, *args: str) -> None:
+    """Register `gigaam-v3-ctc-testtiny` again in `store`, retrained (the next seed): one
+    model changed, a new manifest_version. `args` go to `models prepare` (e.g. --no-smoke)."""
+    from offline_asr import testmodel
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(testmodel, "SEED", testmodel.SEED + 1)
+        testmodel.write_gigaam_test_model(folder)
+    prepared = invoke("models", "prepare", "--engine", "gigaam", "--variant", "v3-ctc-testtiny",
+                      "--id", "gigaam-v3-ctc-testtiny", "--from-dir", folder, *args,
+                      "--manifest", store.manifest_path)  # fmt: skip
+    assert prepared.exit_code == 0, prepared.text

@@ -19,6 +19,15 @@ from offline_asr.cli.common import (
 )
 from offline_asr.errors import OfflineAsrError
 
+NotifyOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="URL|PIDFILE",
+        help="Then ask the running server to reload: its URL (POST /admin/reload, with the key "
+        "in OFFLINE_ASR_ADMIN_KEY; waits for the switch) or its pidfile (SIGHUP)",
+    ),
+]
+
 app = typer.Typer(
     help="Offline bundles: build, verify, install, list, roll back, prune, keygen.",
     no_args_is_help=True,
@@ -118,16 +127,27 @@ def bundle_install(
     target: Annotated[Path, typer.Option(help="Install root (releases/, current)")],
     identity: IdentityOption = None,
     public_key: PublicKeyOption = None,
+    notify: NotifyOption = None,
 ) -> None:
     """Make every check of `bundle verify` (and that the release fits on disk) while unpacking
     safely into a new release, then check a delta's base release and every artifact as
     written, and switch TARGET/current to it atomically. The previous release stays for
-    rollback; what killed installs left behind is removed first."""
+    rollback; what killed installs left behind is removed first. With --notify, a running
+    `serve --target` is asked to switch to it (exit 1 if it refuses)."""
     from offline_asr.delivery.bundle.install import install_bundle
 
     key, age = key_files(public_key, identity)
+    admin_key = read_settings().admin_key if notify else None
     release = install_bundle(bundle, target, public_key=key, identity=age)
     out.print(f"installed v{release.version} into {release.path}; current -> v{release.version}")
+    _notify(notify, admin_key)
+
+
+def _notify(where: str | None, admin_key: str | None) -> None:
+    if where is not None:
+        from offline_asr.delivery.running_server import notify
+
+        out.print(notify(where, admin_key), highlight=False)
 
 
 @app.command("list")
@@ -147,13 +167,18 @@ def bundle_list(target: Annotated[Path, typer.Option(help="Install root")]) -> N
 
 @app.command("rollback")
 @reports_errors
-def bundle_rollback(target: Annotated[Path, typer.Option(help="Install root")]) -> None:
+def bundle_rollback(
+    target: Annotated[Path, typer.Option(help="Install root")], notify: NotifyOption = None
+) -> None:
     """Switch TARGET/current back to the previous release, atomically, once every artifact of
-    that release is verified against its manifest (exit 1, nothing switched, if one is not)."""
+    that release is verified against its manifest (exit 1, nothing switched, if one is not).
+    With --notify, a running `serve --target` is asked to switch too."""
     from offline_asr.delivery.bundle.install import rollback
 
+    admin_key = read_settings().admin_key if notify else None
     release = rollback(target)
     out.print(f"current -> v{release.version}")
+    _notify(notify, admin_key)
 
 
 @app.command("prune")

@@ -34,14 +34,23 @@ def doctor(
     ] = None,
     json_: JsonOption = False,
     local_goldens: LocalGoldensOption = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL|PIDFILE",
+            help="A running server to ask which release it serves: its URL, or the pidfile of "
+            "`serve --pidfile` (default: the pidfile setting, OFFLINE_ASR_PIDFILE)",
+        ),
+    ] = None,
     manifest: ManifestOption = None,
 ) -> None:
     """Environment vs the lock, models vs the manifest, smoke tests vs the golden outputs of
-    this machine's reproducibility class: a verdict and the next steps. Exit code 1 when
-    anything fails; goldens of another class are a warning, not a failure."""
+    this machine's reproducibility class, and (with --server or a pidfile setting) which
+    release a running server serves: a verdict and the next steps. Exit code 1 when anything
+    fails; goldens of another class are a warning, not a failure."""
     from dataclasses import asdict
 
-    from offline_asr.delivery.doctor import run_doctor
+    from offline_asr.delivery.doctor import run_doctor, server_check
 
     settings = read_settings(manifest=manifest)
     store = open_store(settings, target)
@@ -52,6 +61,10 @@ def doctor(
         LoadOptions.from_settings(settings),
         local_goldens=local_goldens_folder(store, target, local_goldens),
     )
+    where = server or (str(settings.pidfile) if settings.pidfile else None)
+    if where is not None:
+        current = store.root.parent.resolve() if target else None
+        report.checks.append(server_check(where, current))
     if json_:
         payload = {"ok": report.ok, "checks": [asdict(c) for c in report.checks],
                    "next_steps": report.next_steps()}  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from offline_asr.cli.common import ManifestOption, TargetOption, reports_errors
+from offline_asr.cli.common import ManifestOption, reports_errors
 
 
 @reports_errors
@@ -51,11 +51,33 @@ def serve(
     replicas: Annotated[
         int, typer.Option(min=1, help="With --ray: API replicas, each verifies its node's weights")
     ] = 1,
-    target: TargetOption = None,
+    pidfile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the pid here (and FILE.json: the release served), for "
+            "`kill -HUP`, `bundle ... --notify FILE` and `doctor --server FILE`"
+        ),
+    ] = None,
+    reload_poll_s: Annotated[
+        float | None,
+        typer.Option(
+            help="With --target: reload when `current` changes, checked this often "
+            "(default: 0, only on SIGHUP or POST /admin/reload)"
+        ),
+    ] = None,
+    target: Annotated[
+        Path | None,
+        typer.Option(
+            help="Installed bundle target: serve DIR/current, and follow it on "
+            "SIGHUP, POST /admin/reload or --reload-poll-s (verified before a switch)"
+        ),
+    ] = None,
     manifest: ManifestOption = None,
 ) -> None:
     """Serve the OpenAI-compatible HTTP API. The models are verified and loaded before the
-    port opens; a missing or altered file stops the start with exit code 1."""
+    port opens; a missing or altered file stops the start with exit code 1. With --target,
+    a new release is verified completely (every file, smoke tests) and loaded beside the old
+    one before new requests go to it; requests in flight finish on the old one."""
     from offline_asr.delivery.bundle.install import target_manifest
     from offline_asr.service.server import serve as run_server
     from offline_asr.service.settings import ServiceSettings
@@ -71,7 +93,9 @@ def serve(
         lazy_load=lazy_load,
         realtime_max_sessions=realtime_max_sessions,
         api_keys_file=api_keys_file,
-        # `current` resolved now, once: the server keeps this release when an install switches it.
+        pidfile=pidfile,
+        reload_poll_s=reload_poll_s,
+        # `current` resolved now, once: the server keeps this release until it reloads.
         manifest=target_manifest(target).resolve() if target else manifest,
     )
     if ray is not None:
@@ -80,4 +104,4 @@ def serve(
 
         serve_on_ray(settings, ray, replicas, build_app)
         return
-    run_server(settings)
+    run_server(settings, target=target.resolve() if target else None)

@@ -14,6 +14,7 @@ from offline_asr.asr.goldens import GoldenError
 from offline_asr.asr.loader import LoadOptions
 from offline_asr.asr.smoke import check_smoke
 from offline_asr.delivery.envcheck import check_environment
+from offline_asr.delivery.running_server import serving
 from offline_asr.errors import OfflineAsrError
 from offline_asr.registry.integrity import verify_models
 from offline_asr.registry.schemas import ModelMetadata
@@ -103,3 +104,26 @@ def _smoke_check(
         fix = "see the detail: it names the weights' state and the runtime differences"
         return Check("smoke", model.id, "fail", detail, fix)
     return Check("smoke", model.id, "warn" if smoke.notes else "ok", detail)
+
+
+def server_check(where: str, current_release: Path | None) -> Check:
+    """Which release the server at `where` (URL or pidfile) serves, against the target's
+    `current`: ok when they agree, a warning while it serves another one, a failure when no
+    server runs there or it refused the current release."""
+    try:
+        found = serving(where)
+    except OfflineAsrError as error:
+        return Check("server", where, "fail", str(error),
+                     "start it: `offline-asr serve --target DIR --pidfile FILE`")  # fmt: skip
+    detail = f"{found.server} serves v{found.manifest_version} ({found.release})"
+    if current_release is None or Path(found.release) == current_release:
+        return Check("server", where, "ok", detail + ("" if current_release is None else
+                                                      ", the current release"))  # fmt: skip
+    refused = found.reload or {}
+    if refused.get("outcome") == "refused" and refused.get("release") == str(current_release):
+        return Check("server", where, "fail", f"{detail}; it refused {current_release}: "
+                     f"{refused.get('error')}", "install that release's bundle again or "
+                     "`bundle rollback`, then reload the server")  # fmt: skip
+    return Check("server", where, "warn", f"{detail}, not the current {current_release}",
+                 "ask it to reload: `kill -HUP $(cat PIDFILE)`, POST /admin/reload, or "
+                 "`bundle install/rollback --notify`")  # fmt: skip

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from offline_asr import __version__
 from offline_asr.asr.audit import AuditLog
-from offline_asr.service import status, transcription
+from offline_asr.service import admin, status, transcription
 from offline_asr.service.admission import Admission
 from offline_asr.service.audit_trail import AuditTrail
 from offline_asr.service.dependencies import ServiceState
@@ -23,18 +23,26 @@ from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
 from offline_asr.service.realtime import realtime_router
+from offline_asr.service.reload import Reloader, following
 from offline_asr.service.settings import ServiceSettings
 from offline_asr.service.upload_limit import FORM_OVERHEAD, UploadLimit
 
 
 def create_app(
-    settings: ServiceSettings, pool: ModelPool, metrics: Metrics, *, audit: AuditLog, keys: KeyRing
+    settings: ServiceSettings,
+    pool: ModelPool,
+    metrics: Metrics,
+    *,
+    audit: AuditLog,
+    keys: KeyRing,
+    reloader: Reloader,
 ) -> FastAPI:
     """Build the app around a pool whose models were verified and loaded already."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        """Unload idle lazily loaded models in the background, when configured."""
+        """Unload idle lazily loaded models in the background, when configured; follow the
+        target's `current` (SIGHUP, polling) while the app runs."""
 
         async def unload_idle() -> None:
             while True:
@@ -42,7 +50,9 @@ def create_app(
                 await asyncio.to_thread(pool.unload_idle)
 
         task = asyncio.create_task(unload_idle()) if pool.idle_unload_s > 0 else None
-        yield
+        reloader.publish()  # the pidfile's state: what is served from now on
+        async with following(reloader, settings.reload_poll_s):
+            yield
         if task is not None:
             task.cancel()
 
@@ -56,10 +66,11 @@ def create_app(
     )
     add_docs(app)
     admission = Admission(settings.max_concurrency, settings.max_queue, metrics)
-    app.state.service = ServiceState(settings, pool, metrics, audit, keys, admission)
+    app.state.service = ServiceState(settings, pool, metrics, audit, keys, admission, reloader)
     install_handlers(app)
     app.include_router(transcription.router)
     app.include_router(status.router)
+    app.include_router(admin.router)
     app.include_router(realtime_router(settings, pool, metrics, audit, keys))
     app.mount("/static", StaticFiles(directory=status.STATIC), name="static")
     if settings.cors_origins:
@@ -68,5 +79,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )  # fmt: skip
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes + FORM_OVERHEAD)
-    app.add_middleware(AuditTrail, audit=audit, metrics=metrics, keys=keys)  # sees every answer
+    app.add_middleware(
+        AuditTrail, audit=audit, metrics=metrics, keys=keys, serving=lambda: pool.current.version
+    )  # sees every answer
     return app

@@ -3,7 +3,8 @@
 The outermost middleware: it sees every answer, including the 413 of the upload limit, 401s,
 404s, 429s, malformed bodies, 504s and clients that leave before any answer. It gives every
 request an id (the client's own X-Request-ID when it is a plain token), sends it back in
-X-Request-ID and counts the audio routes in /metrics. It writes the line as the answer ends,
+X-Request-ID, names the release that served it in X-Manifest-Version (and in the line), and
+counts the audio routes in /metrics. It writes the line as the answer ends,
 before its last bytes go out (or once the app is done, when the client left first): the status
 sent (None: the client left before any answer), the OpenAI error code of the body or of the
 stream's error event, and what the handlers learnt (the model, the audio's sha256, whether the
@@ -18,12 +19,14 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from offline_asr.asr.audit import AuditLog
+from offline_asr.constants import MANIFEST_VERSION_HEADER
 from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
 
@@ -36,6 +39,7 @@ REFUSED_KEY = (401, 403)
 # Error bodies are small; a longer one is not parsed for its code.
 MAX_ERROR_BODY = 64 * 1024
 MAX_LOGGED_PATH = 256
+VERSION_HEADER = MANIFEST_VERSION_HEADER.lower().encode()
 
 
 class Facts:
@@ -121,11 +125,24 @@ class _Answer:
 class AuditTrail:
     """The middleware; see the module's docstring."""
 
-    def __init__(self, app: ASGIApp, audit: AuditLog, metrics: Metrics, keys: KeyRing) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        audit: AuditLog,
+        metrics: Metrics,
+        keys: KeyRing,
+        serving: Callable[[], int],
+    ) -> None:
         self.app = app
         self.audit = audit
         self.metrics = metrics
         self.keys = keys
+        self.serving = serving  # the release new requests go to, for answers that used none
+
+    def _version(self, facts: Facts) -> int:
+        """The release that served the request (its lease's), else the one serving now."""
+        version = facts.snapshot().get("manifest_version")
+        return version if isinstance(version, int) else self.serving()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -155,8 +172,9 @@ class AuditTrail:
 
         async def watched_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                own = (b"x-request-id", request_id.encode())
-                message = {**message, "headers": [*message.get("headers", []), own]}
+                own = [(b"x-request-id", request_id.encode()),
+                       (VERSION_HEADER, str(self._version(facts)).encode())]  # fmt: skip
+                message = {**message, "headers": [*message.get("headers", []), *own]}
             answer.sent(message)
             if answer.complete:
                 finish()  # before the last bytes go: whoever has the answer finds its line
@@ -197,6 +215,7 @@ class AuditTrail:
             "client": client[0] if client else None,
             "api_key_id": self.keys.identify(headers.get("authorization", "")),
             "latency_s": round(latency_s, 3),
+            "manifest_version": self._version(facts),
         }
         failure = {} if answer.message is None else {"error": answer.message}
         if path not in AUDIO_ROUTES:
@@ -204,5 +223,6 @@ class AuditTrail:
             return
         # A transcription line always names its model (null: refused before one was chosen)
         # and says whether the work was told to stop.
-        known = {"model_id": None, "cancelled": None, **facts.snapshot()}
+        known = {"model_id": None, "cancelled": None, **facts.snapshot(),
+                 "manifest_version": line["manifest_version"]}  # fmt: skip
         self.audit.write("transcription", {**line, **known, **failure})

@@ -13,6 +13,7 @@ from offline_asr.service.errors import ApiError
 from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
 from offline_asr.service.pool import ModelPool
+from offline_asr.service.reload import Reloader
 from offline_asr.service.settings import ServiceSettings
 
 
@@ -26,6 +27,7 @@ class ServiceState:
     audit: AuditLog
     keys: KeyRing
     admission: Admission
+    reloader: Reloader
 
 
 def service_state(request: Request) -> ServiceState:

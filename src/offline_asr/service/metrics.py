@@ -34,8 +34,29 @@ class Metrics:
             "offline_asr_in_flight", "Requests being transcribed", registry=self.registry
         )
         self.loaded = Gauge(
-            "offline_asr_model_loaded", "1 for each loaded model", ["model"], registry=self.registry
-        )
+            "offline_asr_model_loaded",
+            "Loaded copies of each model: 1, or 2 while a switch holds the release before too",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
+        self.serving = Gauge(
+            "offline_asr_serving_manifest_version",
+            "The manifest_version of the release new requests go to", registry=self.registry,
+        )  # fmt: skip
+        self.releases_held = Gauge(
+            "offline_asr_releases_held",
+            "Releases whose models are held: 2 only while requests finish on the one before",
+            registry=self.registry,
+        )  # fmt: skip
+        self.reloads = Counter(
+            "offline_asr_reloads",
+            "Reloads by outcome: switched, unchanged (already served), refused, busy",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.reload_refused = Gauge(
+            "offline_asr_reload_refused",
+            "1 while the last reload was refused: the release and why (the file named)",
+            ["manifest_version", "reason"], registry=self.registry,
+        )  # fmt: skip
         # Live transcription (/v1/realtime).
         self.realtime_sessions = Gauge(
             "offline_asr_realtime_sessions", "Live sessions open", registry=self.registry

@@ -54,6 +54,7 @@ from offline_asr.service.realtime_events import (
     new_id,
     updated,
 )
+from offline_asr.service.served_release import ServedRelease
 from offline_asr.service.settings import ServiceSettings
 from offline_asr.service.turns import BYTES_PER_SAMPLE, InputBuffer, SpeechStarted, Turn, wav_bytes
 
@@ -98,7 +99,7 @@ def realtime_router(
         audit.write("realtime_session", {
             "session_id": None, "path": PATH, "outcome": "error", "error_code": reason,
             "client": websocket.client.host if websocket.client else None,
-            "api_key_id": key_id, "error": message,
+            "api_key_id": key_id, "manifest_version": pool.current.version, "error": message,
         })  # fmt: skip
 
     @router.websocket(PATH)
@@ -182,6 +183,8 @@ async def _close_with(websocket: WebSocket, error: dict[str, Any], code: int) ->
 class LiveSession:
     """One transcription session: the receive loop here, transcriptions in `_decode_loop`."""
 
+    release: ServedRelease  # leased for the session's life by `run`
+
     def __init__(
         self,
         websocket: WebSocket,
@@ -217,6 +220,13 @@ class LiveSession:
     # -- the session's life ----------------------------------------------------------------
 
     async def run(self) -> None:
+        """The session, on the release current when it opened (kept to its end, whatever
+        switches meanwhile: every turn names the same manifest_version)."""
+        with self.pool.lease() as release:
+            self.release = release
+            await self._run()
+
+    async def _run(self) -> None:
         started = time.monotonic()
         reason, error = "client_closed", None
         decoder = asyncio.create_task(self._decode_loop())
@@ -244,6 +254,7 @@ class LiveSession:
                 "outcome": "ok" if reason == "client_closed" else "error",
                 "error_code": None if reason == "client_closed" else reason,
                 "client": self.client, "api_key_id": self.key_id, "turns": self.turn_count,
+                "manifest_version": self.release.version,
                 "seconds": round(time.monotonic() - started, 3),
                 **({} if error is None else {"error": error}),
             })  # fmt: skip
@@ -354,7 +365,7 @@ class LiveSession:
         except ValueError as error:
             raise ProtocolError(f"{param}: {error}", code="invalid_value", param=param) from None
         try:
-            transcriber = await self._in_thread(lambda: self.pool.get(config.model))
+            transcriber = await self._in_thread(lambda: self.release.get(config.model))
         except OfflineAsrError as error:
             api = from_domain(error)
             raise ProtocolError(api.message, code=api.code or "invalid_value",
@@ -484,7 +495,7 @@ class LiveSession:
         def work() -> str:
             audio = decode_audio(wav_bytes(pcm, config.rate), limits=self.pool.limits,
                                  name=f"the audio of {item} so far")  # fmt: skip
-            result = self.pool.get(config.model).engine.transcribe(audio, options, self._checked)
+            result = self.release.get(config.model).engine.transcribe(audio, options, self._checked)
             return result.text
 
         try:
@@ -501,7 +512,7 @@ class LiveSession:
         config, options, facts = self.config, _options(self.config), Facts()
 
         def work() -> Any:
-            return self.pool.get(config.model).transcribe_stream(
+            return self.release.get(config.model).transcribe_stream(
                 io.BytesIO(turn.wav()), f"the audio of {item}", options, cancel=self.cancel,
                 on_fields=facts.update,
             )  # fmt: skip
@@ -538,7 +549,7 @@ class LiveSession:
     ) -> None:
         """One line per turn, with the file API's transcription fields."""
         self.turn_count += 1
-        known = {**line, **facts.snapshot()}
+        known = {**line, **facts.snapshot(), "manifest_version": self.release.version}
         outcome = "ok" if code is None else "error"
         self.metrics.realtime_turns.labels(known["model_id"], outcome).inc()
         self.audit.write("transcription", {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -16,19 +17,28 @@ from offline_asr.registry.store import ModelStore
 from offline_asr.service.app import create_app
 from offline_asr.service.keys import KeyRing
 from offline_asr.service.metrics import Metrics
+from offline_asr.service.pidfile import Pidfile
 from offline_asr.service.pool import ModelPool
+from offline_asr.service.reload import Reloader, catch_early_hangups
 from offline_asr.service.settings import ServiceSettings
 
 
-def build_app(settings: ServiceSettings) -> FastAPI:
-    """Verify and load every model named in the settings; raises before any port is bound."""
+def build_app(
+    settings: ServiceSettings, *, target: Path | None = None, pidfile: Pidfile | None = None
+) -> FastAPI:
+    """Verify and load every model named in the settings; raises before any port is bound.
+
+    With `target`, the server can follow its `current` later (service/reload.py); the release
+    it starts with is the one `settings.manifest` (resolved once by the caller) belongs to.
+    """
     go_offline()
     metrics = Metrics()
     keys = key_ring(settings)
     plan = settings.worker_plan()
+    options = LoadOptions.from_settings(settings, threads=plan.threads, workers=plan.workers)
     pool = ModelPool(
-        ManifestSnapshot.read(ModelStore(settings.manifest)),  # read once: this server's release
-        options=LoadOptions.from_settings(settings, threads=plan.threads, workers=plan.workers),
+        ManifestSnapshot.read(ModelStore(settings.manifest)),  # one release until a reload
+        options=options,
         limits=AudioLimits(settings.max_upload_bytes, settings.max_audio_seconds),
         metrics=metrics,
         lazy_load=settings.lazy_load,
@@ -36,7 +46,10 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     )
     pool.preload(settings.models)
     audit = AuditLog(settings.audit_log, include_text=settings.audit_text)
-    return create_app(settings, pool, metrics, audit=audit, keys=keys)
+    reloader = Reloader(
+        pool, target, options=options, metrics=metrics, audit=audit, pidfile=pidfile
+    )
+    return create_app(settings, pool, metrics, audit=audit, keys=keys, reloader=reloader)
 
 
 def key_ring(settings: ServiceSettings) -> KeyRing:
@@ -66,8 +79,19 @@ def _say(message: str) -> None:
     print(f"offline-asr: {message}", file=sys.stderr, flush=True)
 
 
-def serve(settings: ServiceSettings) -> None:
+def serve(settings: ServiceSettings, *, target: Path | None = None) -> None:
+    """Run until stopped; the pidfile (when asked) is claimed first and removed at the end."""
     import uvicorn
 
-    app = build_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    catch_early_hangups()
+    pidfile = None
+    if settings.pidfile is not None:
+        pidfile = Pidfile(settings.pidfile, url=f"http://{settings.host}:{settings.port}")
+        pidfile.claim()
+    try:
+        app = build_app(settings, target=target, pidfile=pidfile)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
+                    access_log=False)  # fmt: skip
+    finally:
+        if pidfile is not None:
+            pidfile.remove()

@@ -20,7 +20,15 @@ class ServiceSettings(Settings):
     """The common settings plus the server's; README's settings table lists the same names."""
 
     not_blank: ClassVar[frozenset[str]] = frozenset(
-        {"manifest", "api_keys_file", "audit_log", "audit_secret_file", "host"}
+        {
+            "manifest",
+            "api_keys_file",
+            "audit_log",
+            "audit_secret_file",
+            "host",
+            "pidfile",
+            "admin_key",
+        }
     )
 
     models: CommaList = Field(
@@ -90,6 +98,14 @@ class ServiceSettings(Settings):
         ),
         description="New speech between two partial transcriptions of a turn (0: no deltas)",
     )  # fmt: skip
+
+    reload_poll_s: float = Field(
+        0,
+        ge=0,
+        validation_alias=env("reload_poll_s", "OFFLINE_ASR_RELOAD_POLL_S"),
+        description="With --target: check this often whether `current` changed, and reload "
+        "(0: only on SIGHUP or POST /admin/reload)",
+    )
 
     @field_validator("models", "api_keys", "cors_origins", mode="before")
     @classmethod

@@ -31,10 +31,11 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(service: Service) -> Response:
-    """Every model named at start is verified and loaded."""
-    if service.pool.ready:
-        return Response(json.dumps({"status": "ready"}), media_type="application/json")
-    return Response(json.dumps({"status": "loading"}), 503, media_type="application/json")
+    """Every model named at start is verified and loaded; which release is served, and the
+    outcome of the last reload (a refused one names the file: the old release serves on)."""
+    status, code = ("ready", 200) if service.pool.ready else ("loading", 503)
+    body = {"status": status, **service.reloader.state()}
+    return Response(json.dumps(body), code, media_type="application/json")
 
 
 @router.get("/metrics", dependencies=[Depends(authorize)])

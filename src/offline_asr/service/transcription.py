@@ -63,10 +63,16 @@ async def transcribe(
             def on_segment(segment: Segment) -> None:
                 loop.call_soon_threadsafe(segments.put_nowait, segment)
 
-            return pool.get(model).transcribe_stream(
-                upload, file.filename or "upload", options, on_segment, cancel=cancel,
-                on_fields=facts.update,
-            )  # fmt: skip
+            with pool.lease() as release:  # this request's release, whatever switches later
+
+                def on_fields(fields: dict[str, Any]) -> None:
+                    facts.update({**fields, "manifest_version": release.version})
+
+                facts.update({"manifest_version": release.version})
+                return release.get(model).transcribe_stream(
+                    upload, file.filename or "upload", options, on_segment, cancel=cancel,
+                    on_fields=on_fields,
+                )  # fmt: skip
 
         def ended() -> None:
             upload.close()

@@ -22,15 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from offline_asr.asr.goldens import GoldenError, verify_manifest_golden
+from offline_asr.asr.release_check import release_problems
 from offline_asr.delivery.bundle.contents import CONTENTS_NAME, MANIFEST_IN_BUNDLE, BundleFile
 from offline_asr.delivery.bundle.errors import BundleError
 from offline_asr.delivery.bundle.limits import SIDECAR_LIMIT, read_limited
 from offline_asr.delivery.bundle.reader import check_bundle
 from offline_asr.errors import OfflineAsrError
 from offline_asr.fsutil import exclusive, fsync_dir, sha256_file
-from offline_asr.registry.integrity import verify_models
-from offline_asr.registry.store import ModelStore
 
 RELEASE = re.compile(r"^v(\d+)$")
 INFO_NAME = ".bundle-info.json"
@@ -79,39 +77,6 @@ def switch_current(target: Path, release: Path) -> None:
     link.symlink_to(release.relative_to(target))
     link.replace(target / "current")
     fsync_dir(target)
-
-
-def release_problems(release: Path, version: int) -> list[str]:
-    """Why the release folder is not a complete, unaltered v{version} (empty: it is).
-
-    Its manifest must be there, valid, of that version and list models; every artifact must
-    match it (sha256 and size), with nothing unlisted in the model folders; every golden file
-    it lists must hold the decoded content it pins.
-    """
-    manifest_path = release / MANIFEST_IN_BUNDLE
-    if not manifest_path.is_file():
-        return [f"{MANIFEST_IN_BUNDLE} is missing"]
-    store = ModelStore(manifest_path)
-    try:
-        manifest = store.load()
-    except OfflineAsrError as error:
-        return [f"{MANIFEST_IN_BUNDLE} cannot be used: {error}"]
-    if manifest.manifest_version != version:
-        return [f"{MANIFEST_IN_BUNDLE} has manifest_version {manifest.manifest_version}, "
-                f"not {version}"]  # fmt: skip
-    if not manifest.models:
-        return [f"{MANIFEST_IN_BUNDLE} lists no models"]
-    problems = [
-        f"models/{problem.sentence()}"
-        for report in verify_models(store.root, manifest.models)
-        for problem in report.problems
-    ]
-    for model in manifest.models:
-        try:
-            verify_manifest_golden(store.root, model)
-        except GoldenError as error:
-            problems.append(str(error))
-    return problems
 
 
 def _take_from_base(base: Path, staging: Path, files: list[BundleFile]) -> None:
