@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from offline_asr.asr import whisper_engine
 from offline_asr.asr.audio import decode_audio
 from offline_asr.asr.base import DecodeOptions, TranscriptionEngine
 from offline_asr.asr.goldens import read_golden
@@ -102,3 +103,13 @@ def test_long_audio_uses_the_batched_pipeline_with_the_same_bytes_on_any_plan(
     assert word_error_rate(reference, one.text) <= 0.02
     # A request that names its own batch size keeps it; short audio stays sequential.
     assert engines["1x2"].transcribe(audio[: 20 * 16000], options).options.batch_size is None
+
+
+def test_audio_past_the_batched_limit_is_decoded_sequentially(
+    engines: dict[str, TranscriptionEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batched pipeline's memory grows with the file; past the limit, bounded decoding."""
+    audio, _ = long_speech(65)
+    monkeypatch.setattr(whisper_engine, "LONG_FORM_BATCH_MAX_SECONDS", 60.0)
+    result = engines["1x2"].transcribe(audio, DecodeOptions(language="en"))
+    assert result.options.batch_size is None and not result.options.vad_filter

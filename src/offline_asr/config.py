@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         validation_alias=env("long_form_batch_size", "OFFLINE_ASR_LONG_FORM_BATCH"),
-        description="Whisper: audio over 30 s uses the batched pipeline with this batch (0: off)",
+        description="Whisper: 30 s to 20 min of audio go through the batched pipeline (0: off)",
     )
     max_audio_bytes: int = Field(
         500_000_000,

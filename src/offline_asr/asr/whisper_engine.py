@@ -25,6 +25,12 @@ from offline_asr.registry.schemas import ModelMetadata
 
 LONG_FORM_SECONDS = 30.0
 """Audio longer than Whisper's window: the batched pipeline decodes its pieces side by side."""
+LONG_FORM_BATCH_MAX_SECONDS = 1200.0
+"""...up to this length. The batched pipeline runs Silero VAD over the whole file, 10,000
+windows at a time, and holds every piece: measured with whisper-tiny.en, its peak grows by
+330 MB for 2 min, 550 MB for 5, 700 MB for 20 and over 1.2 GB for an hour, against 35 MB for
+sequential decoding at any length. Longer audio is decoded sequentially in bounded memory
+unless the request names a batch size."""
 
 
 class WhisperEngine(TranscriptionEngine):
@@ -72,7 +78,8 @@ class WhisperEngine(TranscriptionEngine):
     def _transcribe(
         self, audio: Audio, options: DecodeOptions, on_segment: OnSegment
     ) -> TranscriptionResult:
-        long_form = len(audio) > LONG_FORM_SECONDS * SAMPLE_RATE
+        seconds = len(audio) / SAMPLE_RATE
+        long_form = LONG_FORM_SECONDS < seconds <= LONG_FORM_BATCH_MAX_SECONDS
         if long_form and self.long_form_batch_size and options.batch_size is None:
             options = options.model_copy(update={"batch_size": self.long_form_batch_size})
         if options.batch_size is not None:
