@@ -63,11 +63,14 @@ bench: setup
 package-offline: setup
 	scripts/package_models.sh $(BUNDLE_ARGS)
 
-# Re-resolve after editing pyproject.toml; never edit the lock files by hand.
+# Re-resolve after editing pyproject.toml; never edit the lock files by hand. requirements-ray.lock
+# is the runtime plus the optional `ray` extra, for the wheelhouse of cluster nodes.
 lock: $(UV)
 	$(UV) lock --python $(PYTHON)
 	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt \
 		--output-file requirements.lock --quiet
+	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt --extra ray \
+		--output-file requirements-ray.lock --quiet
 
 schema: setup
 	$(BIN)/python -m offline_asr.registry.schemas > models/manifest.schema.json

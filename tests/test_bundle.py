@@ -45,7 +45,7 @@ import pytest
 from offline_asr.asr.base import fingerprint
 from offline_asr.asr.smoke import word_error_rate
 from offline_asr.constants import CLIPS_DIR
-from offline_asr.delivery.bundle.build import LOCK_FILES
+from offline_asr.delivery.bundle.build import LOCK_FILES, RAY_LOCK
 from offline_asr.delivery.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
 from offline_asr.delivery.bundle.reader import AGE_MAGIC
 from offline_asr.registry.schemas import Manifest
@@ -1037,6 +1037,33 @@ def test_bundles_carry_the_goldens_and_install_checks_them(
     refused(invoke("bundle", "install", crafted, "--target", target), 1,
             "does not hold the golden output the manifest pins")  # fmt: skip
     assert_untouched(target, before, series.old)
+
+
+@pytest.mark.parametrize(("flags", "lock"), [([], "requirements.lock"), (["--ray"], RAY_LOCK)])
+def test_the_wheelhouse_comes_from_the_lock_its_nodes_need(
+    series: Series, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], lock: str
+) -> None:
+    """`--with-wheels` packs the runtime's lock; `--ray` the lock with the `ray` extra."""
+    asked: list[Path] = []
+
+    def download(lock_file: Path, wheelhouse: Path) -> Path:
+        asked.append(lock_file)
+        wheelhouse.mkdir(parents=True, exist_ok=True)
+        (wheelhouse / "fake-1.0-py3-none-any.whl").write_bytes(b"wheel")
+        return wheelhouse
+
+    monkeypatch.setattr("offline_asr.delivery.envpack.download_wheels", download)
+    bundle = build(series.store_a, tmp_path / "dist", "--models", GIGAAM, "--with-wheels", *flags,
+                   locks=series.locks)  # fmt: skip
+    assert asked == [series.locks / lock]
+    assert "wheels/fake-1.0-py3-none-any.whl" in {m.name for m in read_members(bundle)}
+
+
+def test_ray_wheels_need_a_wheelhouse(series: Series, tmp_path: Path) -> None:
+    outcome = invoke("bundle", "build", "--out", tmp_path / "dist", "--locks-from", series.locks,
+                     "--ray", "--manifest", series.store_a.manifest_path)  # fmt: skip
+    assert outcome.exit_code == 2 and "add --with-wheels" in outcome.text, outcome.text
+    assert not (tmp_path / "dist").exists()
 
 
 def test_a_store_without_its_golden_file_is_not_bundled(series: Series, tmp_path: Path) -> None:
