@@ -9,6 +9,7 @@ needed).
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -75,6 +76,7 @@ class RayRunner:
                  model_id: str) -> None:  # fmt: skip
         self._actors = actors  # (handle, node, workers)
         self._in_flight = [0] * len(actors)
+        self._counting = threading.Lock()  # results settle on Ray's threads, files go out here
         self._refusals, self._request, self._model_id = refusals, request, model_id
         self.capacity = 2 * sum(workers for _, _, workers in actors)
 
@@ -86,13 +88,15 @@ class RayRunner:
             done.set_result(error_line(str(path), audio_sha256, self._request, self._model_id,
                                        error))  # fmt: skip
             return done
-        index = min(range(len(self._actors)), key=self._in_flight.__getitem__)
+        with self._counting:
+            index = min(range(len(self._actors)), key=self._in_flight.__getitem__)
+            self._in_flight[index] += 1
         actor, node, _ = self._actors[index]
-        self._in_flight[index] += 1
         remote: Future[Line] = actor.transcribe.remote(data, str(path), audio_sha256).future()
 
         def settle(finished: Future[Line]) -> None:
-            self._in_flight[index] -= 1
+            with self._counting:
+                self._in_flight[index] -= 1
             error = finished.exception()
             if error is None:
                 done.set_result(finished.result())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from offline_asr.cluster.gate import ClusterError
 from offline_asr.offline import go_offline
 
@@ -14,6 +16,11 @@ def connect(address: str) -> None:
     with `--include-dashboard=false` or `--dashboard-host=127.0.0.1` (README).
     """
     go_offline()
+    # Ray swaps a loopback head address (127.0.0.1, localhost) for "this node's address", which
+    # it finds with a UDP connect() towards 8.8.8.8:53; this switch (read when Ray is imported)
+    # keeps loopback as loopback and probes nothing. It also stops `ray start` of a worker
+    # node, which this process never runs.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
     except ImportError as error:
