@@ -9,6 +9,12 @@ Cases (whisper-tiny.en, the shipped clips):
    (that one worker gets every core), wall time of the whole command, model load included.
 3. Peak RSS of a process holding whisper-tiny.en with 1, 2 and 4 workers, and after one
    transcription on each worker at once (CTranslate2 shares the weights between workers).
+4. A 5-minute file through `serve` with its defaults (batched long form) against raw
+   faster-whisper's `BatchedInferencePipeline` with its own defaults, the engine speaches serves
+   long files with (speaches itself is not on PyPI, so it cannot be installed here), and against
+   `serve` decoding sequentially (`OFFLINE_ASR_LONG_FORM_BATCH=0`, the server before); WER of all.
+5. `batch --ray` on a local one-node cluster holding every core against the local `batch` over
+   the same 20 files (wall time of the command; the cluster is started before the clock).
 
 Each ratio is ours (the default plan) relative to its baseline, higher is better.
 Batched long-form against sequential on the 5-minute file is in `bench_engines.py`.
@@ -20,23 +26,38 @@ from offline_asr.asr.pins import pin_runtime
 
 pin_runtime()
 
+import os  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import wave  # noqa: E402
+from contextlib import suppress  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import httpx2  # noqa: E402
 import numpy as np  # noqa: E402
+from faster_whisper import BatchedInferencePipeline, WhisperModel  # noqa: E402
 
-from bench_service import CLIP_PATHS, MANIFEST, MODEL, _batch, _post, _server  # noqa: E402
+from bench_engines import LONG_SECONDS, _concatenate  # noqa: E402
+from bench_service import (  # noqa: E402
+    CLIP_PATHS,
+    MANIFEST,
+    MODEL,
+    _batch,
+    _free_port,
+    _post,
+    _server,
+)
 from offline_asr.asr.audio import decode_audio  # noqa: E402
+from offline_asr.asr.smoke import word_error_rate  # noqa: E402
 from offline_asr.asr.workers import usable_cores  # noqa: E402
 from offline_asr.constants import CLIPS_DIR  # noqa: E402
-from offline_asr.pcm import SAMPLE_RATE  # noqa: E402
+from offline_asr.pcm import SAMPLE_RATE, Audio  # noqa: E402
+from offline_asr.registry.store import ModelStore  # noqa: E402
 
 REQUESTS = 12
 RATE = "req/s (ratio: higher better)"
@@ -84,24 +105,28 @@ def _server_rows(logs: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _write_wav(path: Path, audio: Audio) -> Path:
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(SAMPLE_RATE)
+        writer.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
 def _files(folder: Path) -> Path:
     clips = [decode_audio(CLIPS_DIR / name) for name in ("en_short.wav", "en_second.wav")]
     for index in range(FILES):
         pause = np.zeros(int((0.2 + 0.05 * index) * SAMPLE_RATE), np.float32)
-        samples = (np.concatenate([clips[index % 2], pause]) * 32767).astype("<i2")
-        with wave.open(str(folder / f"f{index:02d}.wav"), "wb") as writer:
-            writer.setnchannels(1)
-            writer.setsampwidth(2)
-            writer.setframerate(SAMPLE_RATE)
-            writer.writeframes(samples.tobytes())
+        _write_wav(folder / f"f{index:02d}.wav", np.concatenate([clips[index % 2], pause]))
     return folder
 
 
-def _batch_seconds(folder: Path, workers: int, out: Path) -> float:
+def _batch_seconds(folder: Path, out: Path, *args: str) -> float:
     start = time.perf_counter()
-    subprocess.run([str(EXE), "batch", str(folder), "--out", str(out), "--model", MODEL,
-                    "--manifest", str(MANIFEST), "--workers", str(workers)],
-                   check=True, capture_output=True)  # fmt: skip
+    command = [str(EXE), "batch", str(folder), "--out", str(out), "--model", MODEL,
+               "--manifest", str(MANIFEST), *args]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -112,7 +137,8 @@ def _batch_rows(work: Path) -> list[dict[str, Any]]:
     times: dict[int, list[float]] = {cores: [], 1: []}
     for round_ in range(ROUNDS):
         for workers in times:
-            times[workers].append(_batch_seconds(folder, workers, work / f"w{workers}-{round_}"))
+            out = work / f"w{workers}-{round_}"
+            times[workers].append(_batch_seconds(folder, out, "--workers", str(workers)))
     ours, base = min(times[cores]), min(times[1])
     return [{
         "benchmark": "throughput", "case": f"batch {FILES} files: {cores} workers vs 1 worker",
@@ -125,12 +151,14 @@ MEMORY_SCRIPT = """
 import offline_asr, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from offline_asr.asr import load_engine
 from offline_asr.asr.audio import decode_audio
+from offline_asr.asr.loader import LoadOptions, load_engine
+from offline_asr.registry.snapshot import ManifestSnapshot
 from offline_asr.registry.store import ModelStore
 import resource
 workers = int(sys.argv[2])
-engine = load_engine(ModelStore(Path(sys.argv[1])), "whisper-tiny.en", workers=workers, threads=1)
+snapshot = ManifestSnapshot.read(ModelStore(Path(sys.argv[1])))
+engine = load_engine(snapshot, "whisper-tiny.en", LoadOptions(workers=workers, threads=1))
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 audio = decode_audio(Path(sys.argv[3]))
 with ThreadPoolExecutor(workers) as pool:
@@ -154,11 +182,92 @@ def _memory_rows() -> list[dict[str, Any]]:
     } for workers in (1, 2, 4)]  # fmt: skip
 
 
+def _served_once(url: str, path: Path) -> tuple[float, str]:
+    with httpx2.Client(timeout=600.0) as client, path.open("rb") as audio:
+        start = time.perf_counter()
+        answer = client.post(f"{url}/v1/audio/transcriptions", files={"file": audio},
+                             data={"model": MODEL})  # fmt: skip
+        answer.raise_for_status()
+        return time.perf_counter() - start, str(answer.json()["text"])
+
+
+def _long_rows(work: Path) -> list[dict[str, Any]]:
+    """The 5-minute file: our server's defaults, sequential, and raw batched faster-whisper."""
+    audio, reference = _concatenate(["en_short.wav", "en_second.wav"], LONG_SECONDS, seed=0)
+    path = _write_wav(work / "long.wav", audio)
+    times: dict[str, list[float]] = {}
+    texts: dict[str, str] = {}
+    for name, settings in (("ours", {}), ("sequential", {"OFFLINE_ASR_LONG_FORM_BATCH": "0"})):
+        env = {"OFFLINE_ASR_THREADS": "0", **settings}  # the defaults, as a user starts it
+        with _server(1, work / f"serve-long-{name}.log", **env) as server:
+            _served_once(server.url, CLIP_PATHS[0])  # warm-up
+            runs = [_served_once(server.url, path) for _ in range(ROUNDS)]
+        times[name], texts[name] = [t for t, _ in runs], runs[0][1]
+    store = ModelStore(MANIFEST)
+    entry = store.get(store.load(), MODEL)
+    pipeline = BatchedInferencePipeline(WhisperModel(str(store.root / entry.path), device="cpu",
+                                                     compute_type=entry.compute_type))  # fmt: skip
+
+    def raw() -> tuple[float, str]:
+        start = time.perf_counter()
+        segments, _ = pipeline.transcribe(str(path))  # its defaults (batch_size 8, VAD on)
+        text = "".join(segment.text for segment in segments).strip()
+        return time.perf_counter() - start, text
+
+    raw()  # warm-up
+    runs = [raw() for _ in range(ROUNDS)]
+    times["raw"], texts["raw"] = [t for t, _ in runs], runs[0][1]
+    wer = {name: word_error_rate(reference, text) for name, text in texts.items()}
+    seconds = len(audio) / SAMPLE_RATE
+    return [{
+        "benchmark": "throughput", "case": f"{seconds:.0f} s file: serve default vs {against}",
+        "ours": min(times["ours"]), "baseline": min(times[base]),
+        "unit": "s (best of rounds; ratio: time ours/baseline, lower better)",
+        "ratio": min(times["ours"]) / min(times[base]), "goal": goal,
+        "wer_ours": wer["ours"], "wer_baseline": wer[base], "times": times,
+    } for base, against, goal in (
+        ("raw", "raw faster-whisper BatchedInferencePipeline (speaches' engine)", "<= 1.0"),
+        ("sequential", "serve sequential (OFFLINE_ASR_LONG_FORM_BATCH=0)", "<= 1/1.5"),
+    )]  # fmt: skip
+
+
+def _ray_rows(work: Path) -> list[dict[str, Any]]:
+    """`batch --ray` on a one-node local cluster with every core against local `batch`."""
+    folder = work / "in"
+    ray = EXE.with_name("ray")
+    temp = Path(tempfile.mkdtemp(prefix="oasr-ray-"))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_REPORT_URL": "offline:"}
+    port = str(_free_port())
+    start = [str(ray), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+             f"--num-cpus={usable_cores()}", f"--temp-dir={temp}", "--disable-usage-stats",
+             "--include-dashboard=false"]  # fmt: skip
+    subprocess.run(start, env=env, check=True, capture_output=True)
+    times: dict[str, list[float]] = {"ray": [], "local": []}
+    try:
+        for round_ in range(ROUNDS):
+            times["local"].append(_batch_seconds(folder, work / f"local-{round_}"))
+            args = ("--ray", f"127.0.0.1:{port}")
+            times["ray"].append(_batch_seconds(folder, work / f"ray-{round_}", *args))
+    finally:  # this cluster's processes only (their command lines name its folder)
+        for process in Path("/proc").glob("[0-9]*"):
+            with suppress(OSError):
+                if str(temp).encode() in (process / "cmdline").read_bytes():
+                    os.kill(int(process.name), signal.SIGKILL)
+    ours, base = min(times["ray"]), min(times["local"])
+    return [{
+        "benchmark": "throughput", "case": f"batch --ray (one local node) vs batch, {FILES} files",
+        "ours": ours, "baseline": base, "unit": "s (ratio: time local / ray, higher better)",
+        "ratio": base / ours, "goal": ">= 0.9", "times": times,
+    }]  # fmt: skip
+
+
 def run() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
         rows = _memory_rows()
         rows += _batch_rows(work)
+        rows += _ray_rows(work)
+        rows += _long_rows(work)
         rows += _server_rows(work)
     return rows
 

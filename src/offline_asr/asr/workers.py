@@ -1,6 +1,6 @@
 """How many transcriptions run at once on this machine, and how many CPU threads each gets.
 
-Measured on the 2-core development machine (bench/bench_workers.py): one CPU thread per
+Measured on the 2-core development machine (bench/bench_throughput.py): one CPU thread per
 transcription costs 10-15% less CPU time per request than two threads sharing one, so by
 default every usable core runs its own transcription with one thread. The thread count does
 not change the decoded content (README, "Reproducibility"), so neither does this plan.
