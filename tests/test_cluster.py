@@ -186,7 +186,8 @@ def failed_lookup(call: Call) -> bool:
 # destination and content only; the README names it.
 METADATA = "169.254.169.254:80"
 METADATA_CONNECT = 'htons(80), sin_addr=inet_addr("169.254.169.254")'
-METADATA_REQUESTS = ('"GET /metadata/instance?', '"GET /latest/meta-data/', '"GET /computeMetadata/v1')
+METADATA_REQUESTS = ('"GET /metadata/instance?', '"GET /latest/meta-data/',
+                     '"GET /computeMetadata/v1')  # fmt: skip
 METADATA_NAME = "\\10metadata\\6google\\10internal"  # a DNS question, as strace prints it
 
 
