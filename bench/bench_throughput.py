@@ -33,7 +33,6 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import wave  # noqa: E402
 from contextlib import suppress  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -58,6 +57,7 @@ from offline_asr.asr.workers import usable_cores  # noqa: E402
 from offline_asr.constants import CLIPS_DIR  # noqa: E402
 from offline_asr.pcm import SAMPLE_RATE, Audio  # noqa: E402
 from offline_asr.registry.store import ModelStore  # noqa: E402
+from offline_asr.service.turns import wav_bytes  # noqa: E402
 
 REQUESTS = 12
 RATE = "req/s (ratio: higher better)"
@@ -106,11 +106,9 @@ def _server_rows(logs: Path) -> list[dict[str, Any]]:
 
 
 def _write_wav(path: Path, audio: Audio) -> Path:
-    with wave.open(str(path), "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(SAMPLE_RATE)
-        writer.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    path.write_bytes(
+        wav_bytes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes(), SAMPLE_RATE)
+    )
     return path
 
 
