@@ -36,6 +36,9 @@ def test_the_plan_follows_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> N
     assert WorkerPlan.for_machine(workers=1) == WorkerPlan(workers=1, threads=4)
     assert WorkerPlan.for_machine(workers=3) == WorkerPlan(workers=3, threads=1)
     assert WorkerPlan.for_machine(workers=2, threads=3) == WorkerPlan(workers=2, threads=3)
+    # A server's workers may each use every core: a lone request runs at full speed.
+    assert WorkerPlan.for_machine(share_cores=False) == WorkerPlan(workers=4, threads=4)
+    assert WorkerPlan.for_machine(2, 1, share_cores=False) == WorkerPlan(workers=2, threads=1)
 
 
 def test_workers_is_one_setting_from_flag_env_or_toml(
@@ -43,7 +46,7 @@ def test_workers_is_one_setting_from_flag_env_or_toml(
 ) -> None:
     clean_settings_env(monkeypatch)
     defaults = ServiceSettings.load()
-    assert defaults.worker_plan().workers == usable_cores()
+    assert defaults.worker_plan() == WorkerPlan(usable_cores(), usable_cores())
     assert defaults.max_concurrency == usable_cores()  # a slot per worker unless set
     assert defaults.long_form_batch_size == DEFAULT_LONG_FORM_BATCH
     config = tmp_path / "serve.toml"

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         validation_alias=env("threads", "OFFLINE_ASR_THREADS"),
-        description="CPU threads per worker (0: the usable cores shared out among the workers)",
+        description="CPU threads per worker (0: every usable core; `batch` shares them out)",
     )
     workers: int = Field(
         0,

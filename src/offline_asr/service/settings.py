@@ -125,8 +125,9 @@ class ServiceSettings(Settings):
         return self
 
     def worker_plan(self) -> WorkerPlan:
-        """Workers and threads per worker, sized from the usable cores unless set."""
-        return WorkerPlan.for_machine(self.workers, self.threads)
+        """Workers and threads per worker, sized from the usable cores unless set: a worker
+        per core, each allowed every core, so that a lone request is not slowed down."""
+        return WorkerPlan.for_machine(self.workers, self.threads, share_cores=False)
 
     def audit_secret_path(self) -> Path | None:
         """`audit_secret_file`, else `<audit_log>.secret`, else None (no place to keep one)."""
