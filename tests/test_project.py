@@ -35,8 +35,11 @@ def _uncommented(text: str) -> list[str]:
     return [line for line in text.splitlines() if not line.startswith("#")]
 
 
-def test_requirements_lock_is_the_export_of_uv_lock() -> None:
-    command = [_uv(), "export", "--frozen", "--no-dev", "--no-emit-project"]
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("requirements.lock", []), ("requirements-ray.lock", ["--extra", "ray"])]
+)
+def test_requirements_locks_are_the_exports_of_uv_lock(lock: str, extras: list[str]) -> None:
+    command = [_uv(), "export", "--frozen", "--no-dev", "--no-emit-project", *extras]
     exported = subprocess.run(
         [*command, "--format", "requirements-txt"],
         cwd=REPO,
@@ -44,9 +47,11 @@ def test_requirements_lock_is_the_export_of_uv_lock() -> None:
         text=True,
         check=True,
     ).stdout
-    committed = (REPO / "requirements.lock").read_text()
+    committed = (REPO / lock).read_text()
     assert _uncommented(exported) == _uncommented(committed), "stale: run `make lock`"
     assert "--hash=sha256:" in committed
+    # Ray is optional: only the cluster nodes' lock carries it.
+    assert ("\nray==" in committed) == bool(extras)
 
 
 def test_requirements_txt_lists_the_runtime_dependencies() -> None:

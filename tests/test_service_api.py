@@ -691,7 +691,8 @@ def test_settings_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         encoding="utf-8",
     )
     defaults = ServiceSettings.load()
-    assert (defaults.port, defaults.max_queue, defaults.max_concurrency) == (8000, 8, 2)
+    assert (defaults.port, defaults.max_queue) == (8000, 8)
+    assert defaults.max_concurrency == defaults.worker_plan().workers  # a slot per worker
 
     from_file = ServiceSettings.load(config)
     assert (from_file.port, from_file.max_queue, from_file.max_concurrency) == (9101, 3, 4)
@@ -735,7 +736,9 @@ def test_serve_command_precedence(
     settings = serve()
     assert (settings.port, settings.max_queue, settings.max_concurrency) == (9201, 3, 4)
     settings = serve("--config", str(flag_config))  # the flag over OFFLINE_ASR_CONFIG
-    assert (settings.port, settings.max_queue, settings.max_concurrency) == (9301, 5, 2)
+    assert (settings.port, settings.max_queue) == (9301, 5)
+    assert settings.max_concurrency == settings.worker_plan().workers
+    assert serve("--workers", "3").worker_plan().workers == 3
     monkeypatch.setenv("OFFLINE_ASR_PORT", "9202")
     monkeypatch.setenv("OFFLINE_ASR_MAX_QUEUE", "6")
     settings = serve()

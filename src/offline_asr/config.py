@@ -20,7 +20,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from offline_asr.constants import DEFAULT_BUNDLE_HINT, DEFAULT_MANIFEST, MANIFEST_ENV
+from offline_asr.constants import (
+    DEFAULT_BUNDLE_HINT,
+    DEFAULT_LONG_FORM_BATCH,
+    DEFAULT_MANIFEST,
+    MANIFEST_ENV,
+)
 from offline_asr.errors import OfflineAsrError
 
 CONFIG_ENV = "OFFLINE_ASR_CONFIG"
@@ -52,7 +57,20 @@ class Settings(BaseSettings):
         0,
         ge=0,
         validation_alias=env("threads", "OFFLINE_ASR_THREADS"),
-        description="CPU threads per model (0: the runtime's default)",
+        description="CPU threads per worker (0: every usable core; `batch` shares them out)",
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        validation_alias=env("workers", "OFFLINE_ASR_WORKERS"),
+        description="Transcriptions that run in parallel per model (0: one per usable core)",
+    )
+    long_form_batch_size: int = Field(
+        DEFAULT_LONG_FORM_BATCH,
+        ge=0,
+        le=64,
+        validation_alias=env("long_form_batch_size", "OFFLINE_ASR_LONG_FORM_BATCH"),
+        description="Whisper: 30 s to 20 min of audio go through the batched pipeline (0: off)",
     )
     max_audio_bytes: int = Field(
         500_000_000,

@@ -46,3 +46,8 @@ CLIPS_DIR: Final = Path(__file__).resolve().parent / "data" / "clips"
 PIDFILE_STATE_SUFFIX: Final = ".json"
 ADMIN_RELOAD_PATH: Final = "/admin/reload"
 MANIFEST_VERSION_HEADER: Final = "X-Manifest-Version"
+
+DEFAULT_LONG_FORM_BATCH = 8
+"""Whisper: audio longer than one 30 s window goes through the batched pipeline with this batch
+size. Measured on the 5-minute file (bench/bench_engines.py): 1.4-1.8x faster than sequential
+decoding with no worse WER (0.0 against 0.004: the VAD cuts at pauses, not mid-word)."""

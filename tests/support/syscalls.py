@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,8 @@ WRITE_FLAGS = re.compile(r"\bO_(WRONLY|RDWR|CREAT|TRUNC|APPEND)\b")
 # Followed so that a relative path in `mkdir("x")` and the like is judged where it lands.
 CHDIR_CALLS = frozenset({"chdir", "fchdir"})
 TRACED = ",".join(sorted({"network", *PATH_CALLS, *CHDIR_CALLS}))
+# Connections only: for processes whose writes are not ours to judge (a Ray node's session files).
+TRACED_NETWORK = ",".join(sorted(NETWORK_CALLS))
 
 # Names ORT (and others) take as "running in CI" and then stay silent by themselves: a traced
 # process must not inherit them, or the trace would prove nothing about offline-asr's own switches.
@@ -214,6 +216,21 @@ class Findings:
         return "\n".join(parts) or "nothing"
 
 
+def connections(
+    log: Path, tolerated: Callable[[Call], bool] = lambda call: False
+) -> tuple[list[str], int]:
+    """What in the trace left loopback (each with its strace line) and is not `tolerated`, and
+    how many connections stayed on the machine: a trace with none saw nothing, proves nothing."""
+    problems, local = [], 0
+    for call in parse(log.read_text(errors="replace").splitlines()):
+        problem = network_problem(call)
+        if problem is None:
+            local += call.name == "connect"
+        elif not tolerated(call):
+            problems.append(f"{problem}: {call.line}")
+    return problems, local
+
+
 def _under(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
@@ -253,10 +270,10 @@ def strace_path() -> str:
     return found
 
 
-def traced(command: Sequence[str], log: Path) -> list[str]:
-    """`command` under strace, writing its trace to `log`."""
+def traced(command: Sequence[str], log: Path, calls: str = TRACED) -> list[str]:
+    """`command` under strace, writing its trace of `calls` to `log`."""
     return [strace_path(), "-f", "--seccomp-bpf", "-qq", "-yy", "-s", "4096", "-e", "signal=none",
-            "-e", f"trace={TRACED}", "-o", str(log), *command]  # fmt: skip
+            "-e", f"trace={calls}", "-o", str(log), *command]  # fmt: skip
 
 
 def run_traced(

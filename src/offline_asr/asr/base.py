@@ -209,12 +209,18 @@ class TranscriptionEngine(ABC):
         *,
         device: Device = "auto",
         threads: int = 0,
+        workers: int = 1,
+        long_form_batch_size: int = 0,
         full_verify: bool = False,
         bundle_hint: str = DEFAULT_BUNDLE_HINT,
     ) -> None:
         self.store = store
         self.device_request: Device = device
-        self.threads = threads  # 0: the runtime's default
+        self.threads = threads  # 0: the runtime's default; per worker
+        self.workers = workers  # transcriptions that may run at once (from as many threads)
+        # Whisper: audio longer than one window uses the batched pipeline with this batch size
+        # unless the request names one (0: never).
+        self.long_form_batch_size = long_form_batch_size
         self.full_verify = full_verify
         self.bundle_hint = bundle_hint
         self.model: ModelMetadata | None = None

@@ -32,7 +32,9 @@ class LoadOptions:
     """How engines load and where `auto` routes: the settings' part, plus per-command flags."""
 
     device: Device = "auto"
-    threads: int = 0  # 0: the runtime's default
+    threads: int = 0  # per worker; 0: the runtime's default
+    workers: int = 1  # transcriptions that may run at once (CTranslate2's num_workers)
+    long_form_batch_size: int = 0  # Whisper: batched pipeline for audio over 30 s (0: never)
     full_verify: bool = False  # re-hash every file instead of trusting the verified-hash cache
     bundle_hint: str = DEFAULT_BUNDLE_HINT
     default_whisper_model: str | None = None
@@ -43,6 +45,7 @@ class LoadOptions:
         """The settings read at the edge; `flags` (device, full_verify, ...) go over them."""
         options = cls(
             threads=settings.threads,
+            long_form_batch_size=settings.long_form_batch_size,
             bundle_hint=settings.bundle_hint,
             default_whisper_model=settings.default_whisper_model,
             default_gigaam_model=settings.default_gigaam_model,
@@ -62,7 +65,8 @@ def load_entry(
     """An engine for an entry given directly (one being registered, a smoke test's), verified
     and loaded; the result names `manifest_version`."""
     engine = engine_class(model.engine)(
-        store, device=options.device, threads=options.threads, full_verify=options.full_verify,
+        store, device=options.device, threads=options.threads, workers=options.workers,
+        long_form_batch_size=options.long_form_batch_size, full_verify=options.full_verify,
         bundle_hint=options.bundle_hint,
     )  # fmt: skip
     engine.load_entry(model, manifest_version)

@@ -10,7 +10,18 @@ from typing import Annotated
 import typer
 
 from offline_asr import __version__
-from offline_asr.cli import audit, bundle, doctor, env, listen, models, serve, smoke, transcribe
+from offline_asr.cli import (
+    audit,
+    batch,
+    bundle,
+    doctor,
+    env,
+    listen,
+    models,
+    serve,
+    smoke,
+    transcribe,
+)
 from offline_asr.cli.common import out
 from offline_asr.offline import go_offline
 
@@ -27,6 +38,7 @@ app.add_typer(bundle.app, name="bundle")
 app.add_typer(env.app, name="env")
 app.add_typer(audit.app, name="audit")
 app.command("transcribe")(transcribe.transcribe)
+app.command("batch")(batch.batch)
 app.command("serve")(serve.serve)
 app.command("listen")(listen.listen)
 app.command("doctor")(doctor.doctor)

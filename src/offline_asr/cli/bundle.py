@@ -53,6 +53,14 @@ def bundle_build(
     with_wheels: Annotated[
         bool, typer.Option(help="Also pack a wheelhouse for the lock (downloads from PyPI)")
     ] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="With --with-wheels: the wheelhouse of requirements-ray.lock (the runtime and "
+            "the `ray` extra, for the nodes of a cluster)",
+        ),
+    ] = False,
     recipient: Annotated[
         list[str] | None, typer.Option(help="Encrypt to this age public key (repeatable)")
     ] = None,
@@ -67,14 +75,17 @@ def bundle_build(
     Rebuilding from the same inputs gives the same bytes (unless encrypted)."""
     import tempfile
 
-    from offline_asr.delivery.bundle.build import build_bundle
+    from offline_asr.delivery.bundle.build import RAY_LOCK, build_bundle
 
+    if ray and not with_wheels:
+        raise typer.BadParameter("--ray chooses the wheelhouse's lock: add --with-wheels")
     with tempfile.TemporaryDirectory() as tmp:
         wheels = None
         if with_wheels:
             from offline_asr.delivery.envpack import download_wheels
 
-            wheels = download_wheels(locks_from / "requirements.lock", Path(tmp))
+            lock = locks_from / (RAY_LOCK if ray else "requirements.lock")
+            wheels = download_wheels(lock, Path(tmp))
         result = build_bundle(
             open_store(read_settings(manifest=manifest)), out_dir, model_ids=models,
             recipients=recipient, sign_key=sign_key,

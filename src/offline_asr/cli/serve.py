@@ -22,8 +22,12 @@ def serve(
         Path | None,
         typer.Option(envvar="OFFLINE_ASR_CONFIG", help="TOML file with settings (see README)"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel transcriptions per model (default: one per usable core)"),
+    ] = None,
     max_concurrency: Annotated[
-        int | None, typer.Option(help="Transcriptions at a time (default: 2)")
+        int | None, typer.Option(help="Transcriptions at a time (default: one per worker)")
     ] = None,
     max_queue: Annotated[
         int | None, typer.Option(help="Requests that may wait; more get 429 (default: 8)")
@@ -37,6 +41,16 @@ def serve(
     api_keys_file: Annotated[
         Path | None, typer.Option(help="File with one API key per line (Bearer auth)")
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="Serve through Ray Serve on this cluster (host:port of its head)",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="With --ray: API replicas, each verifies its node's weights")
+    ] = 1,
     pidfile: Annotated[
         Path | None,
         typer.Option(
@@ -73,6 +87,7 @@ def serve(
         models=model or None,
         host=host,
         port=port,
+        workers=workers,
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         lazy_load=lazy_load,
@@ -83,4 +98,10 @@ def serve(
         # `current` resolved now, once: the server keeps this release until it reloads.
         manifest=target_manifest(target).resolve() if target else manifest,
     )
+    if ray is not None:
+        from offline_asr.cluster.serve import serve_on_ray
+        from offline_asr.service.server import build_app
+
+        serve_on_ray(settings, ray, replicas, build_app)
+        return
     run_server(settings, target=target.resolve() if target else None)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from offline_asr.asr.device import Device
+from offline_asr.asr.workers import WorkerPlan
 from offline_asr.cli.common import (
     ManifestOption,
     TargetOption,
@@ -19,6 +19,18 @@ from offline_asr.cli.common import (
     read_settings,
     reports_errors,
 )
+from offline_asr.cli.decoding import (
+    BatchSizeOption,
+    BeamSizeOption,
+    DeviceOption,
+    FullVerifyOption,
+    LanguageOption,
+    PromptOption,
+    TaskOption,
+    VadFilterOption,
+    WordTimestampsOption,
+    decode_options,
+)
 from offline_asr.constants import EXIT_BAD_INPUT
 from offline_asr.errors import OfflineAsrError
 from offline_asr.progress import transcription_progress
@@ -28,7 +40,7 @@ from offline_asr.progress import transcription_progress
 def transcribe(
     files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Audio or video files")],
     model: Annotated[str, typer.Option(help="Model id from the manifest, or `auto`")],
-    language: Annotated[str | None, typer.Option(help="Language code (default: detect)")] = None,
+    language: LanguageOption = None,
     output_format: Annotated[
         Literal["txt", "json", "verbose_json", "srt", "vtt"],
         typer.Option("--format", help="Output format"),
@@ -36,21 +48,15 @@ def transcribe(
     output_dir: Annotated[
         Path | None, typer.Option(help="Write FILE's stem + extension here (default: stdout)")
     ] = None,
-    task: Annotated[
-        Literal["transcribe", "translate"], typer.Option(help="translate: into English (Whisper)")
-    ] = "transcribe",
-    beam_size: Annotated[int, typer.Option(help="Beam size")] = 5,
-    prompt: Annotated[str | None, typer.Option(help="Initial prompt (Whisper)")] = None,
-    word_timestamps: Annotated[bool, typer.Option(help="Word-level timestamps")] = False,
-    vad_filter: Annotated[bool, typer.Option(help="Skip non-speech with Silero VAD")] = False,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Batched long-form decoding with this batch size")
-    ] = None,
+    task: TaskOption = "transcribe",
+    beam_size: BeamSizeOption = 5,
+    prompt: PromptOption = None,
+    word_timestamps: WordTimestampsOption = False,
+    vad_filter: VadFilterOption = False,
+    batch_size: BatchSizeOption = None,
     threads: ThreadsOption = None,
-    device: Annotated[Device, typer.Option(help="Where to run the model")] = "auto",
-    full_verify: Annotated[
-        bool, typer.Option(help="Re-hash every weight file instead of trusting the cache")
-    ] = False,
+    device: DeviceOption = "auto",
+    full_verify: FullVerifyOption = False,
     audit_log: Annotated[
         Path | None,
         typer.Option(envvar="OFFLINE_ASR_AUDIT_LOG", help="Audit log file (default: stderr)"),
@@ -60,24 +66,16 @@ def transcribe(
 ) -> None:
     """Transcribe files with a registered model. Bad files are reported (exit code 2) and the
     others are still transcribed."""
-    from pydantic import ValidationError
-
     from offline_asr.asr.audio import AudioLimits
     from offline_asr.asr.audit import AuditLog
-    from offline_asr.asr.base import DecodeOptions
     from offline_asr.asr.formats import FILE_SUFFIX, render
     from offline_asr.asr.loader import LoadOptions
     from offline_asr.asr.transcriber import Transcriber
     from offline_asr.registry.snapshot import ManifestSnapshot
 
-    try:
-        options = DecodeOptions(
-            language=language, task=task, beam_size=beam_size, initial_prompt=prompt,
-            word_timestamps=word_timestamps, vad_filter=vad_filter, batch_size=batch_size,
-        )  # fmt: skip
-    except ValidationError as error:
-        problem = error.errors()[0]
-        raise OfflineAsrError(f"bad option {problem['loc'][0]}: {problem['msg']}") from error
+    options = decode_options(
+        language, task, beam_size, prompt, word_timestamps, vad_filter, batch_size
+    )
     suffix = FILE_SUFFIX[output_format]
     targets = {p: output_dir / (p.stem + suffix) for p in files} if output_dir else {}
     if len(set(targets.values())) < len(targets):
@@ -86,7 +84,12 @@ def transcribe(
     transcriber = Transcriber.load(
         ManifestSnapshot.read(open_store(settings, target)),
         model,
-        LoadOptions.from_settings(settings, device=device, full_verify=full_verify),
+        LoadOptions.from_settings(
+            settings,
+            device=device,
+            full_verify=full_verify,
+            threads=WorkerPlan.for_machine(1, settings.threads).threads,  # every core on a file
+        ),
         audit=AuditLog(settings.audit_log, include_text=settings.audit_text),
         limits=AudioLimits.from_settings(settings),
     )

@@ -221,14 +221,19 @@ async def following(reloader: Reloader, poll_s: float) -> AsyncIterator[None]:
             if await asyncio.to_thread(reloader.pending):
                 await asyncio.to_thread(reloader.reload_in_background, "poll")
 
-    loop.add_signal_handler(signal.SIGHUP, start, "SIGHUP")
+    # Signals reach only the main thread's loop; an app run elsewhere (a Ray Serve replica,
+    # whose loop is on another thread) reloads on POST /admin/reload and polling only.
+    hangups = threading.current_thread() is threading.main_thread()
+    if hangups:
+        loop.add_signal_handler(signal.SIGHUP, start, "SIGHUP")
     if HANGUPS_BEFORE_START.is_set():
         start("SIGHUP")
     poller = asyncio.ensure_future(poll()) if poll_s > 0 and reloader.target else None
     try:
         yield
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
+        if hangups:
+            loop.remove_signal_handler(signal.SIGHUP)
         for task in [*tasks, *([poller] if poller else [])]:
             task.cancel()
             with suppress(asyncio.CancelledError, OfflineAsrError):

@@ -34,7 +34,8 @@ def build_app(
     go_offline()
     metrics = Metrics()
     keys = key_ring(settings)
-    options = LoadOptions.from_settings(settings)
+    plan = settings.worker_plan()
+    options = LoadOptions.from_settings(settings, threads=plan.threads, workers=plan.workers)
     pool = ModelPool(
         ManifestSnapshot.read(ModelStore(settings.manifest)),  # one release until a reload
         options=options,

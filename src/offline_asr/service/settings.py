@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from offline_asr.asr.workers import WorkerPlan
 from offline_asr.config import Settings, SettingsError, env
 
 CommaList = Annotated[list[str], NoDecode]
@@ -49,7 +50,10 @@ class ServiceSettings(Settings):
         description="Unload lazily loaded models unused this long (0: never)",
     )
     max_concurrency: int = Field(
-        2, ge=1, validation_alias=env("max_concurrency", "OFFLINE_ASR_MAX_CONCURRENCY")
+        0,
+        ge=0,
+        validation_alias=env("max_concurrency", "OFFLINE_ASR_MAX_CONCURRENCY"),
+        description="Transcriptions at a time (0: one per worker)",
     )
     max_queue: int = Field(8, ge=0, validation_alias=env("max_queue", "OFFLINE_ASR_MAX_QUEUE"))
     max_upload_bytes: int = Field(
@@ -113,6 +117,17 @@ class ServiceSettings(Settings):
         if not items:
             raise ValueError("is set but names nothing: give a value, or leave it unset")
         return items
+
+    @model_validator(mode="after")
+    def _one_slot_per_worker(self) -> ServiceSettings:
+        if self.max_concurrency == 0:
+            self.max_concurrency = self.worker_plan().workers
+        return self
+
+    def worker_plan(self) -> WorkerPlan:
+        """Workers and threads per worker, sized from the usable cores unless set: a worker
+        per core, each allowed every core, so that a lone request is not slowed down."""
+        return WorkerPlan.for_machine(self.workers, self.threads, share_cores=False)
 
     def audit_secret_path(self) -> Path | None:
         """`audit_secret_file`, else `<audit_log>.secret`, else None (no place to keep one)."""

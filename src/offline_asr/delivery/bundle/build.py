@@ -37,7 +37,8 @@ from offline_asr.registry.schemas import Manifest
 from offline_asr.registry.store import ModelStore
 
 ZSTD_LEVEL = 3
-LOCK_FILES = ("requirements.lock", "uv.lock")
+RAY_LOCK = "requirements-ray.lock"  # the runtime plus the optional `ray` extra (cluster nodes)
+LOCK_FILES = ("requirements.lock", RAY_LOCK, "uv.lock")
 INSTALL_TEXT = """\
 offline-asr bundle v{version}
 

@@ -1,0 +1,1 @@
+"""Ray: the batch job and the API past one machine, every node gated by its weights' check."""
