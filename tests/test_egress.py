@@ -375,7 +375,8 @@ def test_a_server_session_stays_on_loopback_and_in_its_folders(folders: Folders)
     env = {**folders.env(), "OFFLINE_ASR_AUDIT_LOG": str(work / "audit.jsonl")}
     with (work / "serve.log").open("w") as sink, canary() as lure:
         strace = subprocess.Popen(traced(command, log), env=env, cwd=work, stdout=sink,
-                                  stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                  stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True)  # fmt: skip
         with stopped_on_exit(strace):
             assert wait_ready(url, strace, TIMEOUT), (work / "serve.log").read_text()[-3000:]
             problems = _requests(url, long_russian(work / "long_ru.wav"), _playlist(work, lure))
@@ -425,7 +426,8 @@ def test_the_plans_server_entry_point_stays_on_loopback(folders: Folders) -> Non
     env = {**folders.env(), "APP_MODEL_ID": "gigaam-v3-ctc-testtiny"}
     with (work / "main.log").open("w") as sink:
         strace = subprocess.Popen(traced(command, log), env=env, cwd=work, stdout=sink,
-                                  stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                  stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True)  # fmt: skip
         with stopped_on_exit(strace):
             assert wait_ready(url, strace, TIMEOUT), (work / "main.log").read_text()[-3000:]
     folders.assert_clean(log)
