@@ -5,6 +5,7 @@ the cluster or the job connects anywhere but loopback (traced)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,10 +176,17 @@ def test_the_cluster_and_a_job_on_it_stay_on_loopback(
 
 
 def failed_lookup(call: Call) -> bool:
-    """A connect to nscd that failed sent nothing (libc asks it first when Ray looks up
-    "localhost"); a lookup that went on to DNS is judged on its own datagrams."""
-    return call.name == "connect" and "nscd" in call.line and ") = -1 " in call.line
+    """A connect to a name-lookup daemon (nscd, systemd-resolved) that failed sent nothing:
+    libc asks them first when Ray looks up "localhost"; a lookup that went on to DNS is judged
+    on its own datagrams. Failed: its result says so, or (a call strace split in two shows no
+    result) no such daemon listens here."""
+    socket = LOOKUP_SOCKET.search(call.line) if call.name == "connect" else None
+    if socket is None:
+        return False
+    return ") = -1 " in call.line or not Path(socket["path"]).exists()
 
+
+LOOKUP_SOCKET = re.compile(r'sun_path="(?P<path>[^"]*(?:nscd|systemd/resolve)[^"]*)"')
 
 # What Ray 2.60's head does at start whatever the settings (ray/_common/usage/usage_lib.py,
 # get_cloud_from_metadata_requests, run by the dashboard's usage-stats module even with usage
