@@ -31,7 +31,7 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
         elif given.exists():
             found.append(given)
         else:
-            raise OfflineAsrError(f"{given}: no such file or folder")
+            raise OfflineAsrError(f"{given}: no such file or folder; check the path")
     return list(dict.fromkeys(path.resolve() for path in found))
 
 

@@ -119,7 +119,11 @@ def batch(
     settings = read_settings(manifest=manifest, threads=threads, workers=workers)
     paths = collect_inputs(inputs)
     if not paths:
-        raise OfflineAsrError("no audio files found in the inputs given")
+        raise OfflineAsrError(
+            "no audio files found in the inputs given: folders are searched for audio and "
+            "video files by suffix (.wav, .mp3, .flac, .m4a, ...); give the files themselves, or "
+            "a list file (.txt, .lst, .list) with one path a line"
+        )
     snapshot = ManifestSnapshot.read(open_store(settings, target))
     if model != "auto":
         snapshot.entry(model)  # an unknown id is bad usage, before any work
